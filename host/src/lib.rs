@@ -1,0 +1,9 @@
+//! Kiln: a CI coordinator for Nix flakes whose extension points are
+//! WebAssembly components.
+//!
+//! This crate is the command line and the glue between the pipeline
+//! (`kiln-engine`), the Nix adapter (`kiln-nix`) and the plugin runtime
+//! (`kiln-runtime`). It holds no pipeline logic of its own.
+
+pub mod builtin;
+pub mod cli;
