@@ -5,4 +5,6 @@
 //! Every Nix invocation goes through `kiln-nix`; this crate owns policy, not
 //! process plumbing.
 
+pub mod graph;
 pub mod job;
+pub mod scheduler;

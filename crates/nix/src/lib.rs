@@ -253,3 +253,5 @@ mod tests {
         assert!(infos[0].nar_hash.as_deref().unwrap().starts_with("sha256"));
     }
 }
+
+pub mod build;

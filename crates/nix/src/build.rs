@@ -1,0 +1,728 @@
+//! Batched builds: one `nix-store --realise <drv…> --keep-going -j N
+//! --log-format internal-json -v` per batch, and the parser that attributes
+//! every line of its `@nix {…}` activity stream to its own derivation.
+//!
+//! This module owns the command line, the process group of a batch (so a
+//! timeout or Ctrl-C kills the builders too) and the meaning of Nix's
+//! internal-json messages. It must not decide what a failure means for a job,
+//! retry anything or write logs: it reports [`BuildEvent`]s and the caller
+//! decides.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+use crate::NixError;
+
+/// Activity type of a derivation build (`actBuild`).
+const ACT_BUILD: u64 = 105;
+/// Activity type of the overall build counter (`actBuilds`).
+const ACT_BUILDS: u64 = 104;
+/// Result type of a builder's log line (`resBuildLogLine`).
+const RES_BUILD_LOG_LINE: u64 = 101;
+/// Result type of a phase change (`resSetPhase`).
+const RES_SET_PHASE: u64 = 104;
+/// Result type of a progress counter (`resProgress`).
+const RES_PROGRESS: u64 = 105;
+
+/// What to build and how; turned into one `nix-store --realise` command.
+#[derive(Debug, Clone)]
+pub struct BatchBuild {
+    /// `.drv` paths to realise.
+    pub drvs: Vec<String>,
+    /// Parallel builds inside this batch (`-j`).
+    pub max_jobs: usize,
+    /// `--max-silent-time` in seconds, enforced by Nix per derivation.
+    pub max_silent_time: Option<u64>,
+    /// `--timeout` in seconds, enforced by Nix per derivation.
+    pub timeout: Option<u64>,
+    /// Program to run; `nix-store` on PATH unless the adapter found another.
+    pub nix_store: OsString,
+}
+
+impl BatchBuild {
+    /// A batch of `drvs` built `max_jobs` at a time with plain `nix-store`.
+    pub fn new(drvs: Vec<String>, max_jobs: usize) -> Self {
+        BatchBuild {
+            drvs,
+            max_jobs: max_jobs.max(1),
+            max_silent_time: None,
+            timeout: None,
+            nix_store: "nix-store".into(),
+        }
+    }
+
+    /// A batch run with the `nix-store` of a detected installation.
+    pub fn for_nix(nix: &crate::Nix, drvs: Vec<String>, max_jobs: usize) -> Self {
+        BatchBuild {
+            nix_store: nix.bin_dir().join("nix-store").into_os_string(),
+            ..Self::new(drvs, max_jobs)
+        }
+    }
+
+    /// The arguments after the program name.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--realise".into()];
+        args.extend(self.drvs.iter().map(OsString::from));
+        args.extend(
+            [
+                "--keep-going",
+                "-j",
+                &self.max_jobs.to_string(),
+                "--log-format",
+                "internal-json",
+                "-v",
+            ]
+            .map(OsString::from),
+        );
+        if let Some(s) = self.max_silent_time {
+            args.extend(["--max-silent-time".into(), s.to_string().into()]);
+        }
+        if let Some(s) = self.timeout {
+            args.extend(["--timeout".into(), s.to_string().into()]);
+        }
+        args
+    }
+
+    /// Start the batch in a process group of its own.
+    pub fn spawn(&self) -> Result<BuildProcess, NixError> {
+        let mut cmd = Command::new(&self.nix_store);
+        cmd.args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| NixError::Spawn {
+            program: self.nix_store.to_string_lossy().into_owned(),
+            source,
+        })?;
+        let pgid = child.id().map(|p| p as i32);
+        let stderr = child.stderr.take().expect("stderr is piped");
+        Ok(BuildProcess {
+            child,
+            pgid,
+            lines: BufReader::new(stderr).lines(),
+            tracker: Tracker::default(),
+        })
+    }
+}
+
+/// A running batch: its events, and a handle to kill its process group.
+#[derive(Debug)]
+pub struct BuildProcess {
+    child: Child,
+    pgid: Option<i32>,
+    lines: Lines<BufReader<ChildStderr>>,
+    tracker: Tracker,
+}
+
+impl BuildProcess {
+    /// Next batch of events; `None` once Nix closed its stderr.
+    pub async fn next_events(&mut self) -> Option<Vec<BuildEvent>> {
+        loop {
+            match self.lines.next_line().await {
+                Ok(Some(line)) => {
+                    let events = self.tracker.feed(&line);
+                    if !events.is_empty() {
+                        return Some(events);
+                    }
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Send `signal` to the whole process group (Nix and its builders).
+    pub fn signal_group(&self, signal: i32) {
+        if let Some(pgid) = self.pgid {
+            // SAFETY: killpg has no memory-safety preconditions; a stale
+            // group id at worst signals nothing (ESRCH).
+            unsafe {
+                libc::killpg(pgid, signal);
+            }
+        }
+    }
+
+    /// Kill the group: SIGTERM, then SIGKILL if it has not exited after
+    /// `grace`. Returns once the process has been reaped.
+    pub async fn kill_group(&mut self, grace: Duration) {
+        self.signal_group(libc::SIGTERM);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.signal_group(libc::SIGKILL);
+            let _ = self.child.wait().await;
+        }
+    }
+
+    /// Wait for the process and return whether it exited successfully.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+}
+
+/// Something a batch reported about one derivation, or about the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildEvent {
+    /// Nix started building `drv`.
+    Started {
+        /// The derivation.
+        drv: String,
+    },
+    /// A line the builder of `drv` printed.
+    Log {
+        /// The derivation.
+        drv: String,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// The builder of `drv` entered a phase (stdenv's `setPhase`).
+    Phase {
+        /// The derivation.
+        drv: String,
+        /// Phase name.
+        phase: String,
+    },
+    /// Nix stopped tracking the build of `drv` (Nix 2.8 sends this only at the
+    /// end of the batch, so it does not mean "finished").
+    Stopped {
+        /// The derivation.
+        drv: String,
+    },
+    /// `drv` failed.
+    Failed {
+        /// The derivation.
+        drv: String,
+        /// Why.
+        kind: FailureKind,
+        /// Nix's message, without colours.
+        message: String,
+    },
+    /// The overall counters moved.
+    Progress(Progress),
+    /// Any other message Nix printed (warnings, final errors, daemon trouble).
+    Message {
+        /// Nix's verbosity level (0 = error).
+        level: u64,
+        /// The message, without colours.
+        text: String,
+    },
+}
+
+/// Why a derivation failed, as Nix says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The builder exited non-zero (or was killed, or produced no output).
+    Builder,
+    /// `--timeout` or `--max-silent-time` was exceeded.
+    TimedOut,
+    /// One of its inputs failed; Nix never started it.
+    DependencyFailed,
+}
+
+/// Nix's build counters for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Builds finished successfully.
+    pub done: u64,
+    /// Builds Nix plans to do.
+    pub expected: u64,
+    /// Builds running now.
+    pub running: u64,
+    /// Builds failed.
+    pub failed: u64,
+}
+
+/// One `@nix {…}` line as Nix writes it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+enum Raw {
+    Start {
+        id: u64,
+        #[serde(rename = "type", default)]
+        ty: u64,
+        #[serde(default)]
+        fields: Vec<Value>,
+    },
+    Stop {
+        id: u64,
+    },
+    Result {
+        id: u64,
+        #[serde(rename = "type")]
+        ty: u64,
+        #[serde(default)]
+        fields: Vec<Value>,
+    },
+    Msg {
+        level: u64,
+        msg: String,
+    },
+}
+
+/// Turns the activity stream into [`BuildEvent`]s, remembering which
+/// activity belongs to which derivation.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    builds: HashMap<u64, String>,
+    counters: Option<u64>,
+}
+
+impl Tracker {
+    /// Feed one line of Nix's stderr; lines that are not `@nix` JSON become
+    /// [`BuildEvent::Message`]s at error level when they look like errors.
+    pub fn feed(&mut self, line: &str) -> Vec<BuildEvent> {
+        let Some(json) = line.strip_prefix("@nix ") else {
+            let text = strip_ansi(line.trim_end());
+            if text.is_empty() {
+                return vec![];
+            }
+            let level = if text.starts_with("error") { 0 } else { 3 };
+            return vec![BuildEvent::Message { level, text }];
+        };
+        let Ok(raw) = serde_json::from_str::<Raw>(json) else {
+            return vec![];
+        };
+        match raw {
+            Raw::Start { id, ty, fields } => {
+                if ty == ACT_BUILD
+                    && let Some(drv) = fields.first().and_then(Value::as_str)
+                {
+                    self.builds.insert(id, drv.to_string());
+                    return vec![BuildEvent::Started {
+                        drv: drv.to_string(),
+                    }];
+                }
+                if ty == ACT_BUILDS {
+                    self.counters = Some(id);
+                }
+                vec![]
+            }
+            Raw::Stop { id } => match self.builds.remove(&id) {
+                Some(drv) => vec![BuildEvent::Stopped { drv }],
+                None => vec![],
+            },
+            Raw::Result { id, ty, fields } => self.result(id, ty, &fields),
+            Raw::Msg { level, msg } => {
+                let text = strip_ansi(&msg);
+                if level == 0
+                    && let Some((drv, kind)) = classify_failure(&text)
+                {
+                    return vec![BuildEvent::Failed {
+                        drv,
+                        kind,
+                        message: text.trim_start_matches("error: ").to_string(),
+                    }];
+                }
+                vec![BuildEvent::Message { level, text }]
+            }
+        }
+    }
+
+    fn result(&mut self, id: u64, ty: u64, fields: &[Value]) -> Vec<BuildEvent> {
+        let text = || {
+            fields
+                .first()
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        match (ty, self.builds.get(&id)) {
+            (RES_BUILD_LOG_LINE, Some(drv)) => vec![BuildEvent::Log {
+                drv: drv.clone(),
+                line: text(),
+            }],
+            (RES_SET_PHASE, Some(drv)) => vec![BuildEvent::Phase {
+                drv: drv.clone(),
+                phase: text(),
+            }],
+            (RES_PROGRESS, None) if self.counters == Some(id) => {
+                let n = |i: usize| fields.get(i).and_then(Value::as_u64).unwrap_or(0);
+                vec![BuildEvent::Progress(Progress {
+                    done: n(0),
+                    expected: n(1),
+                    running: n(2),
+                    failed: n(3),
+                })]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// Recognise Nix's per-derivation failure messages and name the derivation.
+fn classify_failure(text: &str) -> Option<(String, FailureKind)> {
+    let kind = if text.contains("builder for '") {
+        FailureKind::Builder
+    } else if text.contains(" timed out after ") {
+        FailureKind::TimedOut
+    } else if text.contains("dependencies of derivation '") {
+        FailureKind::DependencyFailed
+    } else {
+        return None;
+    };
+    let start = text.find("'/")? + 1;
+    let rest = &text[start..];
+    let end = rest.find('\'')?;
+    let path = &rest[..end];
+    let drv = match path.find(".drv") {
+        Some(i) => &path[..i + 4],
+        None => path,
+    };
+    Some((drv.to_string(), kind))
+}
+
+/// Whether a message of a batch that died means "try again" (the daemon went
+/// away, the connection broke) rather than "the build is broken".
+pub fn is_transient(message: &str) -> bool {
+    const PATTERNS: &[&str] = &[
+        "unexpected end-of-file",
+        "cannot connect to socket",
+        "cannot connect to daemon",
+        "connection reset by peer",
+        "broken pipe",
+        "lost connection",
+        "daemon disconnected",
+        "error: writing to file",
+        "resource temporarily unavailable",
+    ];
+    let lower = message.to_ascii_lowercase();
+    PATTERNS.iter().any(|p| lower.contains(p))
+}
+
+/// Remove ANSI escape sequences (Nix colours its messages).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recorded on Nix 2.8.0: `nix-store --realise dep good bad badchild
+    /// --keep-going -j 2 --log-format internal-json -v` where `good` depends
+    /// on `dep`, `bad` exits 3 and `badchild` depends on `bad`.
+    const KEEP_GOING: &str = r#"@nix {"action":"start","id":13602161426432,"level":6,"text":"querying info about missing paths","type":0}
+@nix {"action":"stop","id":13602161426432}
+@nix {"action":"msg","level":3,"msg":"these 4 derivations will be built:"}
+@nix {"action":"msg","level":3,"msg":"  /nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv"}
+@nix {"action":"msg","level":3,"msg":"  /nix/store/5z7zz0p15b6x7hhs2cqcval3b3kj5aqy-badchild.drv"}
+@nix {"action":"msg","level":3,"msg":"  /nix/store/ydzaj95n8cvnf1a130zq5hzhx8ii1mxd-dep.drv"}
+@nix {"action":"msg","level":3,"msg":"  /nix/store/xsyjwn973q4mxb0vza3mppa4r040pyms-good.drv"}
+@nix {"action":"start","id":13602161426433,"level":0,"text":"","type":102}
+@nix {"action":"start","id":13602161426434,"level":0,"text":"","type":104}
+@nix {"action":"start","id":13602161426435,"level":0,"text":"","type":103}
+@nix {"action":"result","fields":[0,1,0,0],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[0,2,0,0],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[0,3,0,0],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[0,4,0,0],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"start","id":13602161426436,"level":6,"text":"querying info about missing paths","type":0}
+@nix {"action":"stop","id":13602161426436}
+@nix {"action":"start","fields":["/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv","",1,1],"id":13602161426437,"level":3,"text":"building '/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv'","type":105}
+@nix {"action":"result","fields":[0,4,1,0],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"start","fields":["/nix/store/ydzaj95n8cvnf1a130zq5hzhx8ii1mxd-dep.drv","",1,1],"id":13602161426438,"level":3,"text":"building '/nix/store/ydzaj95n8cvnf1a130zq5hzhx8ii1mxd-dep.drv'","type":105}
+@nix {"action":"result","fields":[0,4,2,0],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":["bad going down"],"id":13602161426437,"type":101}
+@nix {"action":"result","fields":[0,3,1,1],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m builder for '\u001b[35;1m/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv\u001b[0m' failed with exit code 3","raw_msg":"builder for '\u001b[35;1m/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv\u001b[0m' failed with exit code 3"}
+@nix {"action":"result","fields":[0,2,1,1],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":["dep-line1"],"id":13602161426438,"type":101}
+@nix {"action":"result","fields":["dep-line2"],"id":13602161426438,"type":101}
+@nix {"action":"result","fields":[1,2,0,1],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"start","fields":["/nix/store/xsyjwn973q4mxb0vza3mppa4r040pyms-good.drv","",1,1],"id":13602161426439,"level":3,"text":"building '/nix/store/xsyjwn973q4mxb0vza3mppa4r040pyms-good.drv'","type":105}
+@nix {"action":"result","fields":[1,2,1,1],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":["good says hi"],"id":13602161426439,"type":101}
+@nix {"action":"result","fields":["/nix/store/a8jxprf4i4jk3a4y2p8yb9cvj2adpin1-dep"],"id":13602161426439,"type":101}
+@nix {"action":"result","fields":[2,2,0,1],"id":13602161426434,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
+@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
+@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
+@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m \u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/5z7zz0p15b6x7hhs2cqcval3b3kj5aqy-badchild.drv\u001b[0m' failed to build","raw_msg":"\u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/5z7zz0p15b6x7hhs2cqcval3b3kj5aqy-badchild.drv\u001b[0m' failed to build"}
+@nix {"action":"stop","id":13602161426439}
+@nix {"action":"stop","id":13602161426438}
+@nix {"action":"stop","id":13602161426437}
+@nix {"action":"stop","id":13602161426435}
+@nix {"action":"stop","id":13602161426434}
+@nix {"action":"stop","id":13602161426433}
+@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m build of \u001b[35;1m'/nix/store/5z7zz0p15b6x7hhs2cqcval3b3kj5aqy-badchild.drv', '/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv'\u001b[0m failed","raw_msg":"build of \u001b[35;1m'/nix/store/5z7zz0p15b6x7hhs2cqcval3b3kj5aqy-badchild.drv', '/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv'\u001b[0m failed"}"#;
+
+    /// Recorded on Nix 2.8.0 with `--max-silent-time 1`: `silent2` loops
+    /// without output, `bad2` fails, `child2` depends on `bad2`.
+    const SILENT: &str = r#"@nix {"action":"start","id":22286585298944,"level":6,"text":"querying info about missing paths","type":0}
+@nix {"action":"stop","id":22286585298944}
+@nix {"action":"msg","level":3,"msg":"these 3 derivations will be built:"}
+@nix {"action":"msg","level":3,"msg":"  /nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv"}
+@nix {"action":"msg","level":3,"msg":"  /nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv"}
+@nix {"action":"msg","level":3,"msg":"  /nix/store/dgdsk3c4wrzjzhrqg0zajydwxaz8ram9-child2.drv"}
+@nix {"action":"start","id":22286585298945,"level":0,"text":"","type":102}
+@nix {"action":"start","id":22286585298946,"level":0,"text":"","type":104}
+@nix {"action":"start","id":22286585298947,"level":0,"text":"","type":103}
+@nix {"action":"result","fields":[0,1,0,0],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[0,2,0,0],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[0,3,0,0],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"start","id":22286585298948,"level":6,"text":"querying info about missing paths","type":0}
+@nix {"action":"stop","id":22286585298948}
+@nix {"action":"start","fields":["/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv","",1,1],"id":22286585298949,"level":3,"text":"building '/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv'","type":105}
+@nix {"action":"result","fields":[0,3,1,0],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"start","fields":["/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv","",1,1],"id":22286585298950,"level":3,"text":"building '/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv'","type":105}
+@nix {"action":"result","fields":[0,3,2,0],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":["bad"],"id":22286585298949,"type":101}
+@nix {"action":"result","fields":["silent"],"id":22286585298950,"type":101}
+@nix {"action":"result","fields":[0,2,1,1],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m builder for '\u001b[35;1m/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv\u001b[0m' failed with exit code 1","raw_msg":"builder for '\u001b[35;1m/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv\u001b[0m' failed with exit code 1"}
+@nix {"action":"result","fields":[0,1,1,1],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[0,0,0,2],"id":22286585298946,"type":105}
+@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
+@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
+@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
+@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m \u001b[35;1mbuilding of '/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv!*' from .drv file\u001b[0m timed out after \u001b[35;1m1\u001b[0m seconds of silence","raw_msg":"\u001b[35;1mbuilding of '/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv!*' from .drv file\u001b[0m timed out after \u001b[35;1m1\u001b[0m seconds of silence"}
+@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m \u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/dgdsk3c4wrzjzhrqg0zajydwxaz8ram9-child2.drv\u001b[0m' failed to build","raw_msg":"\u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/dgdsk3c4wrzjzhrqg0zajydwxaz8ram9-child2.drv\u001b[0m' failed to build"}
+@nix {"action":"stop","id":22286585298950}
+@nix {"action":"stop","id":22286585298949}
+@nix {"action":"stop","id":22286585298947}
+@nix {"action":"stop","id":22286585298946}
+@nix {"action":"stop","id":22286585298945}
+@nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m build of \u001b[35;1m'/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv', '/nix/store/dgdsk3c4wrzjzhrqg0zajydwxaz8ram9-child2.drv', '/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv'\u001b[0m failed","raw_msg":"build of \u001b[35;1m'/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv', '/nix/store/dgdsk3c4wrzjzhrqg0zajydwxaz8ram9-child2.drv', '/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv'\u001b[0m failed"}"#;
+
+    fn events(recorded: &str) -> Vec<BuildEvent> {
+        let mut t = Tracker::default();
+        recorded.lines().flat_map(|l| t.feed(l)).collect()
+    }
+
+    fn drv(name: &str, recorded: &str) -> String {
+        let i = recorded.find(&format!("-{name}.drv")).unwrap();
+        let start = recorded[..i].rfind("/nix/store/").unwrap();
+        format!("{}.drv", &recorded[start..i + name.len() + 1])
+    }
+
+    #[test]
+    fn attributes_log_lines_to_their_derivation() {
+        let ev = events(KEEP_GOING);
+        let logs = |name: &str| -> Vec<String> {
+            let d = drv(name, KEEP_GOING);
+            ev.iter()
+                .filter_map(|e| match e {
+                    BuildEvent::Log { drv, line } if *drv == d => Some(line.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(logs("dep"), ["dep-line1", "dep-line2"]);
+        assert_eq!(logs("bad"), ["bad going down"]);
+        assert_eq!(logs("good")[0], "good says hi");
+        assert!(logs("badchild").is_empty());
+        let started: Vec<&str> = ev
+            .iter()
+            .filter_map(|e| match e {
+                BuildEvent::Started { drv } => Some(drv.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started.len(), 3, "badchild never starts: {started:?}");
+    }
+
+    #[test]
+    fn names_the_failing_derivation_and_why() {
+        let failures: Vec<(String, FailureKind)> = events(KEEP_GOING)
+            .into_iter()
+            .filter_map(|e| match e {
+                BuildEvent::Failed { drv, kind, .. } => Some((drv, kind)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            failures,
+            [
+                (drv("bad", KEEP_GOING), FailureKind::Builder),
+                (drv("badchild", KEEP_GOING), FailureKind::DependencyFailed),
+            ]
+        );
+        let message = events(KEEP_GOING)
+            .into_iter()
+            .find_map(|e| match e {
+                BuildEvent::Failed { message, .. } => Some(message),
+                _ => None,
+            })
+            .unwrap();
+        assert!(message.ends_with("failed with exit code 3"), "{message}");
+        assert!(!message.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn recognises_silence_timeouts() {
+        let failures: Vec<(String, FailureKind)> = events(SILENT)
+            .into_iter()
+            .filter_map(|e| match e {
+                BuildEvent::Failed { drv, kind, .. } => Some((drv, kind)),
+                _ => None,
+            })
+            .collect();
+        assert!(failures.contains(&(drv("silent2", SILENT), FailureKind::TimedOut)));
+        assert!(failures.contains(&(drv("bad2", SILENT), FailureKind::Builder)));
+        assert!(failures.contains(&(drv("child2", SILENT), FailureKind::DependencyFailed)));
+    }
+
+    #[test]
+    fn reports_the_build_counters() {
+        let last = events(KEEP_GOING)
+            .into_iter()
+            .filter_map(|e| match e {
+                BuildEvent::Progress(p) => Some(p),
+                _ => None,
+            })
+            .last()
+            .unwrap();
+        assert_eq!(
+            last,
+            Progress {
+                done: 2,
+                expected: 2,
+                running: 0,
+                failed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn stop_events_name_the_derivation_and_plain_lines_pass_through() {
+        let mut t = Tracker::default();
+        t.feed(r#"@nix {"action":"start","fields":["/nix/store/aaa-x.drv","",1,1],"id":7,"level":3,"text":"building","type":105}"#);
+        assert_eq!(
+            t.feed(r#"@nix {"action":"result","fields":["configure"],"id":7,"type":104}"#),
+            [BuildEvent::Phase {
+                drv: "/nix/store/aaa-x.drv".into(),
+                phase: "configure".into()
+            }]
+        );
+        assert_eq!(
+            t.feed(r#"@nix {"action":"stop","id":7}"#),
+            [BuildEvent::Stopped {
+                drv: "/nix/store/aaa-x.drv".into()
+            }]
+        );
+        assert!(
+            t.feed(r#"@nix {"action":"result","fields":["late"],"id":7,"type":101}"#)
+                .is_empty()
+        );
+        assert_eq!(
+            t.feed("error: unexpected end-of-file"),
+            [BuildEvent::Message {
+                level: 0,
+                text: "error: unexpected end-of-file".into()
+            }]
+        );
+        assert!(t.feed("@nix {not json").is_empty());
+    }
+
+    #[test]
+    fn transient_failures_are_daemon_trouble_only() {
+        assert!(is_transient("error: unexpected end-of-file"));
+        assert!(is_transient(
+            "error: cannot connect to socket at '/nix/var/nix/daemon-socket/socket': Connection refused"
+        ));
+        assert!(!is_transient(
+            "builder for '/nix/store/x.drv' failed with exit code 1"
+        ));
+    }
+
+    #[test]
+    fn command_line_has_batch_flags() {
+        let mut b = BatchBuild::new(
+            vec!["/nix/store/a.drv".into(), "/nix/store/b.drv".into()],
+            0,
+        );
+        b.max_silent_time = Some(5);
+        b.timeout = Some(9);
+        let args: Vec<String> = b
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "--realise /nix/store/a.drv /nix/store/b.drv --keep-going -j 1 --log-format internal-json -v --max-silent-time 5 --timeout 9"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error() {
+        let mut b = BatchBuild::new(vec![], 1);
+        b.nix_store = "/nonexistent/nix-store".into();
+        assert!(matches!(b.spawn(), Err(NixError::Spawn { .. })));
+    }
+}
