@@ -253,5 +253,3 @@ mod tests {
         assert!(infos[0].nar_hash.as_deref().unwrap().starts_with("sha256"));
     }
 }
-
-pub mod build;
