@@ -8,3 +8,6 @@
 pub mod graph;
 pub mod job;
 pub mod scheduler;
+pub mod eval;
+pub mod repo_config;
+pub mod source;

@@ -1,0 +1,263 @@
+//! Kiln's own evaluator on the `nix` CLI, for machines without nix-eval-jobs.
+//!
+//! One `nix eval <flake>#<attribute> --apply <walk>` process evaluates many
+//! attributes and traces each as soon as it is done (see [`super::tree`]), so
+//! jobs stream out while the process runs. With several workers, a cheap
+//! enumeration walk first lists the derivations, then contiguous slices go to
+//! `workers` parallel processes, each capped at `max_memory_mib`. When a
+//! process dies (`abort`, a missing attribute, a `throw`, out of memory) the
+//! attribute it was on gets Nix's message as its error and a new process
+//! resumes after it. This module must not decide anything about builds.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kiln_nix::{Nix, error_message, limit_memory};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::nix_eval_jobs::{features, whole_failure};
+use super::tree::{Cursor, MARKER, Message, apply_expr, attr_name, parse_trace};
+use super::{EvalError, EvalRequest, EvalSummary, Evaluator, cache};
+use crate::job::{CacheStatus, EvalJob};
+
+/// Bytes of encoded roots per process: keeps `--apply` under Linux's
+/// 128 KiB limit for one argument.
+const MAX_ROOTS_BYTES: usize = 96 * 1024;
+/// Non-trace stderr lines kept for an error message.
+const MAX_ERROR_LINES: usize = 400;
+
+type Path = Vec<String>;
+
+struct Ctx {
+    nix: Nix,
+    req: EvalRequest,
+    jobs: mpsc::UnboundedSender<EvalJob>,
+    processes: AtomicUsize,
+}
+
+/// Evaluate `req` with the `nix` CLI, streaming jobs into `tx`.
+pub async fn evaluate(
+    nix: &Nix,
+    req: &EvalRequest,
+    tx: mpsc::Sender<EvalJob>,
+) -> Result<EvalSummary, EvalError> {
+    let (jtx, jrx) = mpsc::unbounded_channel();
+    let forward = tokio::spawn(cache::forward(
+        nix.clone(),
+        req.check_cache_status,
+        req.gc_roots_dir.clone(),
+        jrx,
+        tx,
+    ));
+    let ctx = Arc::new(Ctx {
+        nix: nix.clone(),
+        req: req.clone(),
+        jobs: jtx,
+        processes: AtomicUsize::new(0),
+    });
+    let walked = run(ctx.clone()).await;
+    let processes = ctx.processes.load(Ordering::Relaxed);
+    drop(ctx);
+    let forwarded = forward.await.map_err(|_| EvalError::Cancelled);
+    walked?;
+    let counts = forwarded??;
+    Ok(EvalSummary {
+        evaluator: Evaluator::Builtin,
+        jobs: counts.jobs,
+        errors: counts.errors,
+        processes,
+    })
+}
+
+async fn run(ctx: Arc<Ctx>) -> Result<(), EvalError> {
+    let workers = ctx.req.workers.max(1);
+    if workers == 1 {
+        walk(&ctx, vec![Vec::new()], true).await?;
+        return Ok(());
+    }
+    let leaves = walk(&ctx, vec![Vec::new()], false).await?;
+    if leaves.is_empty() {
+        return Ok(());
+    }
+    let per = leaves.len().div_ceil(workers);
+    let mut set = JoinSet::new();
+    for chunk in leaves.chunks(per) {
+        let ctx = ctx.clone();
+        let roots = chunk.to_vec();
+        set.spawn(async move { walk(&ctx, roots, true).await.map(|_| ()) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.map_err(|_| EvalError::Cancelled)??;
+    }
+    Ok(())
+}
+
+/// Walk `roots` in as few processes as failures allow. In a full walk every
+/// derivation is sent as a job; otherwise derivation paths are returned.
+/// Failures are always sent as jobs.
+async fn walk(ctx: &Ctx, mut roots: Vec<Path>, full: bool) -> Result<Vec<Path>, EvalError> {
+    let mut leaves = Vec::new();
+    let top_level = roots.len() == 1 && roots[0].is_empty();
+    let mut first_process = true;
+    while !roots.is_empty() {
+        let later = roots.split_off(take_by_size(&roots));
+        let outcome = one_process(ctx, roots, full, &mut leaves).await?;
+        roots = match outcome {
+            Outcome::Done => Vec::new(),
+            Outcome::Failed { mut cursor, stderr } => {
+                let message = error_message(&stderr);
+                if top_level && first_process && cursor.visited == 0 {
+                    return Err(whole_failure(&ctx.req, message));
+                }
+                let Some(culprit) = cursor.next() else {
+                    // Died after the last attribute: nothing is lost.
+                    tracing::warn!("evaluator exited with an error after finishing: {message}");
+                    roots = later;
+                    first_process = false;
+                    continue;
+                };
+                let oom = is_out_of_memory(&stderr);
+                if oom && cursor.visited > 0 {
+                    // Memory built up over earlier attributes: retry this one
+                    // in a fresh process before blaming it.
+                    cursor.rest()
+                } else {
+                    let message = if oom {
+                        format!(
+                            "error: evaluation exceeded the memory limit of {} MiB (raise --eval-max-memory-size)\n{message}",
+                            ctx.req.max_memory_mib
+                        )
+                    } else {
+                        message
+                    };
+                    send(ctx, error_job(culprit, message))?;
+                    cursor.rest_after_current()
+                }
+            }
+        };
+        roots.extend(later);
+        first_process = false;
+    }
+    Ok(leaves)
+}
+
+/// How many roots fit in one `--apply` argument (at least one).
+fn take_by_size(roots: &[Path]) -> usize {
+    let mut size = 0;
+    for (i, r) in roots.iter().enumerate() {
+        size += r.iter().map(|c| c.len() + 4).sum::<usize>() + 4;
+        if size > MAX_ROOTS_BYTES {
+            return i.max(1);
+        }
+    }
+    roots.len()
+}
+
+enum Outcome {
+    Done,
+    Failed { cursor: Cursor, stderr: String },
+}
+
+async fn one_process(
+    ctx: &Ctx,
+    roots: Vec<Path>,
+    full: bool,
+    leaves: &mut Vec<Path>,
+) -> Result<Outcome, EvalError> {
+    let mut cmd = ctx.nix.command("nix");
+    cmd.args(["eval", "--json", "--no-write-lock-file"]);
+    if let Some(lock) = &ctx.req.reference_lock_file {
+        cmd.arg("--reference-lock-file").arg(lock);
+    }
+    cmd.arg(ctx.req.installable())
+        .arg("--apply")
+        .arg(apply_expr(&roots, full));
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    limit_memory(&mut cmd, ctx.req.max_memory_mib);
+    ctx.processes.fetch_add(1, Ordering::Relaxed);
+    let mut child = cmd.spawn().map_err(|source| kiln_nix::NixError::Spawn {
+        program: "nix".into(),
+        source,
+    })?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut cursor = Cursor::new(roots);
+    let mut other: Vec<String> = Vec::new();
+    let mut trusted = true;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.starts_with(MARKER)
+            && let Some(msg) = parse_trace(&line)
+        {
+            other.clear();
+            if !cursor.advance(&msg) {
+                trusted = false;
+                tracing::warn!("evaluator trace out of order at {:?}", msg.p);
+                continue;
+            }
+            if msg.k == "drv" {
+                if full {
+                    send(ctx, drv_job(msg))?;
+                } else {
+                    leaves.push(msg.p);
+                }
+            }
+        } else if other.len() < MAX_ERROR_LINES {
+            other.push(line);
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|source| kiln_nix::NixError::Spawn {
+            program: "nix".into(),
+            source,
+        })?;
+    if status.success() || !trusted {
+        return Ok(Outcome::Done);
+    }
+    let mut stderr = other.join("\n");
+    if stderr.trim().is_empty() {
+        stderr = format!("error: nix eval exited with {status}");
+    }
+    Ok(Outcome::Failed { cursor, stderr })
+}
+
+fn is_out_of_memory(stderr: &str) -> bool {
+    stderr.contains("out of memory")
+        || stderr.contains("std::bad_alloc")
+        || stderr.contains("Cannot allocate memory")
+        || stderr.contains("GC Warning: Out of Memory")
+}
+
+fn send(ctx: &Ctx, job: EvalJob) -> Result<(), EvalError> {
+    ctx.jobs.send(job).map_err(|_| EvalError::Cancelled)
+}
+
+fn drv_job(msg: Message) -> EvalJob {
+    EvalJob {
+        attr: attr_name(&msg.p),
+        attr_path: msg.p,
+        system: msg.s.unwrap_or_default(),
+        drv_path: msg.d,
+        outputs: msg.o,
+        cache_status: CacheStatus::Unknown,
+        required_system_features: features(msg.f.as_ref()),
+        error: None,
+    }
+}
+
+fn error_job(path: Path, message: String) -> EvalJob {
+    EvalJob {
+        attr: attr_name(&path),
+        attr_path: path,
+        system: String::new(),
+        drv_path: None,
+        outputs: Default::default(),
+        cache_status: CacheStatus::Unknown,
+        required_system_features: Vec::new(),
+        error: Some(message),
+    }
+}

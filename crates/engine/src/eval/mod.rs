@@ -1,0 +1,138 @@
+//! Evaluation: turn `<flake>#<attribute>` into a stream of [`EvalJob`]s.
+//!
+//! Uses `nix-eval-jobs` when it is on PATH, else Kiln's own batched evaluator
+//! on the `nix` CLI. Either way jobs are sent as soon as they are known, so
+//! scheduling can start before evaluation ends, and a failing attribute
+//! becomes that job's `error` while the others still evaluate. This module
+//! owns that choice and the whole-flake errors; it must not build anything
+//! or decide job statuses beyond evaluation.
+
+mod builtin;
+mod cache;
+mod nix_eval_jobs;
+mod tree;
+
+use std::path::PathBuf;
+
+use kiln_nix::{Nix, NixError};
+use tokio::sync::mpsc;
+
+use crate::job::EvalJob;
+
+pub use nix_eval_jobs::parse_line as parse_nix_eval_jobs_line;
+pub use tree::attr_name;
+
+/// What to evaluate and how.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    /// Local directory of the flake (see [`crate::source::prepare`]).
+    pub flake_dir: PathBuf,
+    /// Attribute of the flake's outputs, e.g. `checks`.
+    pub attribute: String,
+    /// Parallel evaluator processes (at least 1).
+    pub workers: usize,
+    /// Memory cap per evaluator process in MiB (0: none).
+    pub max_memory_mib: u64,
+    /// Where to register GC roots for the evaluated derivations.
+    pub gc_roots_dir: Option<PathBuf>,
+    /// Whether to find out if outputs are already valid.
+    pub check_cache_status: bool,
+    /// `--reference-lock-file` to pass (modern Nix only; see
+    /// [`crate::source::Source::reference_lock_file`]).
+    pub reference_lock_file: Option<PathBuf>,
+}
+
+impl EvalRequest {
+    /// A request with the defaults: 1 worker per core (max 4), 4 GiB each,
+    /// cache status checked, no GC roots.
+    pub fn new(flake_dir: impl Into<PathBuf>, attribute: impl Into<String>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        EvalRequest {
+            flake_dir: flake_dir.into(),
+            attribute: attribute.into(),
+            workers: cores.clamp(1, 4),
+            max_memory_mib: 4096,
+            gc_roots_dir: None,
+            check_cache_status: true,
+            reference_lock_file: None,
+        }
+    }
+
+    /// `<flake_dir>#<attribute>` as Nix sees it.
+    pub fn installable(&self) -> String {
+        format!("{}#{}", self.flake_dir.display(), self.attribute)
+    }
+}
+
+/// Which evaluator ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluator {
+    /// `nix-eval-jobs` from PATH.
+    NixEvalJobs,
+    /// Kiln's evaluator on the `nix` CLI.
+    Builtin,
+}
+
+/// Totals of one evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalSummary {
+    /// Which evaluator was used.
+    pub evaluator: Evaluator,
+    /// Jobs sent (including failed attributes).
+    pub jobs: usize,
+    /// Of which failed to evaluate.
+    pub errors: usize,
+    /// Nix processes started (evaluator workers and retries).
+    pub processes: usize,
+}
+
+/// A failure of the whole evaluation (exit-2 class): per-attribute failures
+/// are jobs with an `error` instead.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The flake could not be loaded (missing, unlocked inputs, syntax error).
+    #[error("cannot evaluate flake {flake}: {message}")]
+    Flake {
+        /// The flake directory.
+        flake: String,
+        /// Nix's message.
+        message: String,
+    },
+    /// The flake has no such attribute.
+    #[error(
+        "flake {flake} does not provide attribute `{attribute}`; pick an existing one with --attribute or `attribute` in buildbot-nix.toml"
+    )]
+    AttributeMissing {
+        /// The flake directory.
+        flake: String,
+        /// The attribute asked for.
+        attribute: String,
+    },
+    /// Running Nix failed.
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    /// The receiver of jobs went away (the run was cancelled).
+    #[error("evaluation cancelled")]
+    Cancelled,
+    /// `nix-eval-jobs` failed as a whole.
+    #[error("nix-eval-jobs failed: {0}")]
+    NixEvalJobs(String),
+}
+
+/// Evaluate `req`, sending every job to `tx` as soon as it is known.
+pub async fn evaluate(
+    nix: &Nix,
+    req: &EvalRequest,
+    tx: mpsc::Sender<EvalJob>,
+) -> Result<EvalSummary, EvalError> {
+    if !req.flake_dir.join("flake.nix").is_file() {
+        return Err(EvalError::Flake {
+            flake: req.flake_dir.display().to_string(),
+            message: "no flake.nix in this directory".into(),
+        });
+    }
+    match kiln_nix::find_on_path("nix-eval-jobs") {
+        Some(program) => nix_eval_jobs::evaluate(nix, &program, req, tx).await,
+        None => builtin::evaluate(nix, req, tx).await,
+    }
+}

@@ -1,0 +1,345 @@
+//! Source preparation for `kiln run`: turn FLAKE (a directory, or a
+//! `git+file://` / `https://` git URL, with an optional `--rev`) into a local
+//! directory Nix can evaluate, plus its repository config and git revision.
+//!
+//! Owns cloning, checkout, applying `flake_dir`, and the Nix 2.8 workaround
+//! for `lock_file` (a temporary path-flake copy with that lock file as
+//! `flake.lock`). It must not evaluate or build anything.
+
+use std::path::{Path, PathBuf};
+
+use kiln_nix::{Nix, plain_command};
+use tempfile::TempDir;
+
+use crate::repo_config::{RepoConfig, RepoConfigError};
+
+/// A flake ready to evaluate. Temporary directories live as long as this.
+#[derive(Debug)]
+pub struct Source {
+    /// FLAKE as the user gave it.
+    pub flake: String,
+    /// The repository root (where `buildbot-nix.toml` was looked for).
+    pub repo_root: PathBuf,
+    /// The directory to evaluate (`flake_dir` applied; maybe a temporary copy).
+    pub flake_dir: PathBuf,
+    /// `git rev-parse HEAD` of the checkout, or `None` outside git.
+    pub rev: Option<String>,
+    /// The repository's `buildbot-nix.toml` (defaults when absent).
+    pub config: RepoConfig,
+    /// On Nix with `--reference-lock-file`: the lock file to pass to it.
+    pub reference_lock_file: Option<PathBuf>,
+    _temp: Vec<TempDir>,
+}
+
+/// Why FLAKE could not be prepared. All of these are exit-2 class.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// FLAKE does not name an existing flake.
+    #[error("flake {flake}: {reason}")]
+    FlakeNotFound {
+        /// FLAKE as given.
+        flake: String,
+        /// What is missing and what to do.
+        reason: String,
+    },
+    /// A git command failed (clone, fetch, checkout).
+    #[error("`{command}` failed: {message}")]
+    Git {
+        /// The git command line.
+        command: String,
+        /// git's message.
+        message: String,
+    },
+    /// `buildbot-nix.toml` is invalid.
+    #[error(transparent)]
+    Config(#[from] RepoConfigError),
+    /// The configured `lock_file` does not exist.
+    #[error(
+        "lock file {path} (from `lock_file` in buildbot-nix.toml) does not exist; commit it or fix `lock_file`"
+    )]
+    LockFileMissing {
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// A local file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
+    let what = what.into();
+    move |source| SourceError::Io { what, source }
+}
+
+/// Whether FLAKE is a git URL rather than a directory.
+pub fn is_url(flake: &str) -> bool {
+    ["git+", "https://", "http://", "ssh://", "git://", "file://"]
+        .iter()
+        .any(|p| flake.starts_with(p))
+}
+
+/// Prepare FLAKE (at `rev` if given) for evaluation.
+pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source, SourceError> {
+    let mut temp = Vec::new();
+    let root = if is_url(flake) {
+        let (url, query_rev, query_ref) = split_url(flake);
+        let dir =
+            TempDir::with_prefix("kiln-src-").map_err(io("creating a temporary directory"))?;
+        let want = rev.map(str::to_string).or(query_rev);
+        clone(
+            &url,
+            want.as_deref(),
+            query_ref.as_deref(),
+            dir.path(),
+            flake,
+        )
+        .await?;
+        let root = dir.path().to_path_buf();
+        temp.push(dir);
+        root
+    } else {
+        let dir = Path::new(flake);
+        if !dir.is_dir() {
+            return Err(SourceError::FlakeNotFound {
+                flake: flake.to_string(),
+                reason: "no such directory; give a flake directory or a git URL".into(),
+            });
+        }
+        let dir = dir
+            .canonicalize()
+            .map_err(io(format!("resolving {flake}")))?;
+        match rev {
+            None => dir,
+            Some(rev) => {
+                let t = TempDir::with_prefix("kiln-src-")
+                    .map_err(io("creating a temporary directory"))?;
+                let url = format!("file://{}", dir.display());
+                clone(&url, Some(rev), None, t.path(), flake).await?;
+                let root = t.path().to_path_buf();
+                temp.push(t);
+                root
+            }
+        }
+    };
+    let rev = git_head(&root).await;
+    let config = RepoConfig::load(&root)?;
+    let mut flake_dir = config.resolve_flake_dir(&root)?;
+    if !flake_dir.join("flake.nix").is_file() {
+        return Err(SourceError::FlakeNotFound {
+            flake: flake.to_string(),
+            reason: format!(
+                "no flake.nix in {} (flake_dir = {:?}); point FLAKE or `flake_dir` at a flake",
+                flake_dir.display(),
+                config.flake_dir
+            ),
+        });
+    }
+    let mut reference_lock_file = None;
+    if config.has_custom_lock_file() {
+        let lock = config.resolve_lock_file(&root)?;
+        if !lock.is_file() {
+            return Err(SourceError::LockFileMissing { path: lock });
+        }
+        if nix.version().has_reference_lock_file() {
+            reference_lock_file = Some(lock);
+        } else {
+            let copy = TempDir::with_prefix("kiln-flake-")
+                .map_err(io("creating a temporary directory"))?;
+            copy_tree(&root, copy.path()).await?;
+            let rel = flake_dir.strip_prefix(&root).unwrap_or(Path::new(""));
+            flake_dir = copy.path().join(rel);
+            std::fs::copy(&lock, flake_dir.join("flake.lock"))
+                .map_err(io(format!("copying {}", lock.display())))?;
+            temp.push(copy);
+        }
+    }
+    Ok(Source {
+        flake: flake.to_string(),
+        repo_root: root,
+        flake_dir,
+        rev,
+        config,
+        reference_lock_file,
+        _temp: temp,
+    })
+}
+
+/// Split `git+https://host/repo?ref=main&rev=abc` into the URL git
+/// understands, the `rev` and the `ref`.
+fn split_url(flake: &str) -> (String, Option<String>, Option<String>) {
+    let flake = flake.strip_prefix("git+").unwrap_or(flake);
+    let (url, query) = flake.split_once('?').unwrap_or((flake, ""));
+    let mut rev = None;
+    let mut reference = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("rev", v)) => rev = Some(v.to_string()),
+            Some(("ref", v)) => reference = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    (url.to_string(), rev, reference)
+}
+
+async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, SourceError> {
+    let mut cmd = plain_command("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    let shown = format!("git {}", args.join(" "));
+    let out = cmd.output().await.map_err(|e| SourceError::Git {
+        command: shown.clone(),
+        message: format!("cannot run git: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(SourceError::Git {
+            command: shown,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn clone(
+    url: &str,
+    rev: Option<&str>,
+    reference: Option<&str>,
+    dir: &Path,
+    flake: &str,
+) -> Result<(), SourceError> {
+    let d = dir.to_str().ok_or_else(|| SourceError::FlakeNotFound {
+        flake: flake.to_string(),
+        reason: "temporary directory is not UTF-8".into(),
+    })?;
+    match rev {
+        None => {
+            let mut args = vec!["clone", "--quiet", "--depth", "1"];
+            if let Some(r) = reference {
+                args.extend(["--branch", r]);
+            }
+            args.extend(["--", url, d]);
+            git(None, &args).await?;
+        }
+        Some(rev) => {
+            git(None, &["init", "--quiet", d]).await?;
+            let shallow = git(Some(dir), &["fetch", "--quiet", "--depth", "1", url, rev]).await;
+            if shallow.is_err() {
+                // Servers that refuse a bare commit id: fetch everything.
+                git(
+                    Some(dir),
+                    &[
+                        "fetch",
+                        "--quiet",
+                        url,
+                        "+refs/heads/*:refs/remotes/origin/*",
+                        "+refs/tags/*:refs/tags/*",
+                    ],
+                )
+                .await?;
+                git(Some(dir), &["checkout", "--quiet", "--detach", rev]).await?;
+            } else {
+                git(
+                    Some(dir),
+                    &["checkout", "--quiet", "--detach", "FETCH_HEAD"],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn git_head(dir: &Path) -> Option<String> {
+    let inside = git(Some(dir), &["rev-parse", "--is-inside-work-tree"])
+        .await
+        .ok()?;
+    if inside.trim() != "true" {
+        return None;
+    }
+    let head = git(Some(dir), &["rev-parse", "HEAD"]).await.ok()?;
+    Some(head.trim().to_string())
+}
+
+/// Copy the repository into `to`: only the files git tracks when it is a git
+/// work tree (what a git flake would see), else everything but `.git`.
+async fn copy_tree(from: &Path, to: &Path) -> Result<(), SourceError> {
+    let tracked = git(Some(from), &["ls-files", "-z", "--cached"]).await.ok();
+    let files: Vec<PathBuf> = match tracked {
+        Some(list) => list
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        None => walk(from, Path::new("")).map_err(io(format!("listing {}", from.display())))?,
+    };
+    for rel in files {
+        let src = from.join(&rel);
+        let dst = to.join(&rel);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
+        }
+        let meta = match std::fs::symlink_metadata(&src) {
+            Ok(m) => m,
+            Err(_) => continue, // tracked but deleted in the work tree
+        };
+        if meta.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&src).map_err(io(format!("reading {}", src.display())))?;
+            std::os::unix::fs::symlink(target, &dst)
+                .map_err(io(format!("linking {}", dst.display())))?;
+        } else if meta.is_file() {
+            std::fs::copy(&src, &dst).map_err(io(format!("copying {}", src.display())))?;
+        }
+    }
+    Ok(())
+}
+
+fn walk(root: &Path, rel: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == ".git" {
+            continue;
+        }
+        let rel = rel.join(&name);
+        if entry.file_type()?.is_dir() {
+            out.extend(walk(root, &rel)?);
+        } else {
+            out.push(rel);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_flake_style_git_urls() {
+        assert_eq!(
+            split_url("git+https://example.org/r.git?ref=main&rev=abc"),
+            (
+                "https://example.org/r.git".into(),
+                Some("abc".into()),
+                Some("main".into())
+            )
+        );
+        assert_eq!(
+            split_url("git+file:///srv/r"),
+            ("file:///srv/r".into(), None, None)
+        );
+        assert!(is_url("git+file:///srv/r"));
+        assert!(is_url("https://example.org/r.git"));
+        assert!(!is_url("./examples/hello-flake"));
+    }
+}
