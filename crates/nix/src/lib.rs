@@ -41,8 +41,12 @@ pub struct Nix {
 
 /// Find `program` on `PATH`.
 pub fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    find_in(&std::env::var_os("PATH")?, program)
+}
+
+/// Find `program` in the directories of a `PATH`-style value.
+pub fn find_in(path: &std::ffi::OsStr, program: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
         .map(|d| d.join(program))
         .find(|p| is_executable(p))
 }

@@ -40,6 +40,36 @@ pub struct EvalRequest {
     /// `--reference-lock-file` to pass (modern Nix only; see
     /// [`crate::source::Source::reference_lock_file`]).
     pub reference_lock_file: Option<PathBuf>,
+    /// Which evaluator to use (default: nix-eval-jobs when on PATH).
+    pub evaluator: EvaluatorChoice,
+}
+
+/// How [`evaluate`] picks its evaluator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EvaluatorChoice {
+    /// `nix-eval-jobs` when it is on PATH, else the built-in evaluator.
+    #[default]
+    Auto,
+    /// This `nix-eval-jobs` executable.
+    NixEvalJobs(PathBuf),
+    /// Kiln's evaluator on the `nix` CLI.
+    Builtin,
+}
+
+impl EvaluatorChoice {
+    /// Resolve `Auto` against a `PATH` value (`None`: the process's PATH).
+    pub fn resolve(&self, path: Option<&std::ffi::OsStr>) -> EvaluatorChoice {
+        match self {
+            EvaluatorChoice::Auto => {
+                let found = match path {
+                    Some(p) => kiln_nix::find_in(p, "nix-eval-jobs"),
+                    None => kiln_nix::find_on_path("nix-eval-jobs"),
+                };
+                found.map_or(EvaluatorChoice::Builtin, EvaluatorChoice::NixEvalJobs)
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 impl EvalRequest {
@@ -55,6 +85,7 @@ impl EvalRequest {
             gc_roots_dir: None,
             check_cache_status: true,
             reference_lock_file: None,
+            evaluator: EvaluatorChoice::Auto,
         }
     }
 
@@ -131,8 +162,10 @@ pub async fn evaluate(
             message: "no flake.nix in this directory".into(),
         });
     }
-    match kiln_nix::find_on_path("nix-eval-jobs") {
-        Some(program) => nix_eval_jobs::evaluate(nix, &program, req, tx).await,
-        None => builtin::evaluate(nix, req, tx).await,
+    match req.evaluator.resolve(None) {
+        EvaluatorChoice::NixEvalJobs(program) => {
+            nix_eval_jobs::evaluate(nix, &program, req, tx).await
+        }
+        _ => builtin::evaluate(nix, req, tx).await,
     }
 }

@@ -1,0 +1,361 @@
+//! Evaluation against real Nix: failure isolation, nesting, outputs, cache
+//! status, whole-flake errors, and the nix-eval-jobs path with a stand-in
+//! executable replaying recorded lines.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kiln_engine::eval::{
+    EvalError, EvalRequest, EvalSummary, Evaluator, EvaluatorChoice, evaluate,
+};
+use kiln_engine::job::{CacheStatus, EvalJob};
+use kiln_nix::Nix;
+use tokio::sync::mpsc;
+
+/// A value unique to this test run, so derivations are new to the store.
+pub fn salt() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Write a flake whose outputs are `body`; in scope: `self`, `salt`,
+/// `mk system name script` and `x = mk "x86_64-linux"`.
+pub fn write_flake(dir: &Path, body: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let text = format!(
+        r#"{{
+  outputs = {{ self }}: let
+    salt = "{salt}";
+    mk = system: name: script: derivation {{
+      inherit name system salt;
+      builder = "/bin/sh";
+      args = [ "-c" script ];
+    }};
+    x = mk "x86_64-linux";
+  in {body};
+}}
+"#,
+        salt = salt()
+    );
+    std::fs::write(dir.join("flake.nix"), text).unwrap();
+}
+
+pub async fn nix() -> Nix {
+    Nix::detect()
+        .await
+        .expect("Nix is installed on test machines")
+}
+
+pub async fn run(
+    nix: &Nix,
+    req: &EvalRequest,
+) -> (Result<EvalSummary, EvalError>, BTreeMap<String, EvalJob>) {
+    let (tx, mut rx) = mpsc::channel::<EvalJob>(4);
+    let collect = tokio::spawn(async move {
+        let mut jobs = BTreeMap::new();
+        while let Some(job) = rx.recv().await {
+            assert!(
+                jobs.insert(job.attr.clone(), job).is_none(),
+                "duplicate job"
+            );
+        }
+        jobs
+    });
+    let summary = evaluate(nix, req, tx).await;
+    (summary, collect.await.unwrap())
+}
+
+const MESSY: &str = r#"{
+  checks.x86_64-linux = {
+    ok = x "ok" "echo ok > $out";
+    dep = x "dep" "read l < ${self.checks.x86_64-linux.ok}; echo $l > $out";
+    thrown = throw "thrown on purpose";
+    aborted = abort "aborted on purpose";
+    missing = (x "m" "echo > $out").no-such-attr;
+    deepthrow = x "deepthrow" (throw "thrown deep inside");
+    multi = derivation {
+      name = "multi"; system = "x86_64-linux"; builder = "/bin/sh"; inherit salt;
+      outputs = [ "out" "dev" ]; requiredSystemFeatures = [ "kvm" ];
+      args = [ "-c" "echo > $out; echo > $dev" ];
+    };
+    nested = { deep = { leaf = x "leaf" "echo > $out"; }; not-a-drv = 42; };
+    "with.dot" = x "dotted" "echo > $out";
+  };
+  checks.aarch64-linux.foreign = mk "aarch64-linux" "foreign" "echo > $out";
+}"#;
+
+fn builtin(dir: &Path, workers: usize) -> EvalRequest {
+    let mut req = EvalRequest::new(dir, "checks");
+    req.workers = workers;
+    req.max_memory_mib = 2048;
+    req.evaluator = EvaluatorChoice::Builtin;
+    req
+}
+
+async fn check_messy(workers: usize) {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(dir.path(), MESSY);
+    let (summary, jobs) = run(&nix, &builtin(dir.path(), workers)).await;
+    let summary = summary.unwrap();
+    assert_eq!(summary.evaluator, Evaluator::Builtin);
+    let names: Vec<&str> = jobs.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "aarch64-linux.foreign",
+            "x86_64-linux.\"with.dot\"",
+            "x86_64-linux.aborted",
+            "x86_64-linux.deepthrow",
+            "x86_64-linux.dep",
+            "x86_64-linux.missing",
+            "x86_64-linux.multi",
+            "x86_64-linux.nested.deep.leaf",
+            "x86_64-linux.ok",
+            "x86_64-linux.thrown",
+        ]
+    );
+    assert_eq!((summary.jobs, summary.errors), (10, 4));
+    let err = |a: &str| jobs[a].error.clone().unwrap_or_default();
+    assert!(
+        err("x86_64-linux.thrown").contains("thrown on purpose"),
+        "{}",
+        err("x86_64-linux.thrown")
+    );
+    assert!(err("x86_64-linux.aborted").contains("aborted on purpose"));
+    assert!(err("x86_64-linux.missing").contains("attribute 'no-such-attr' missing"));
+    assert!(err("x86_64-linux.deepthrow").contains("thrown deep inside"));
+    for a in [
+        "x86_64-linux.thrown",
+        "x86_64-linux.aborted",
+        "x86_64-linux.missing",
+    ] {
+        assert!(err(a).starts_with("error:"), "{a}: {}", err(a));
+        assert!(!err(a).contains("--show-trace"));
+        assert_eq!(jobs[a].drv_path, None);
+        assert!(jobs[a].outputs.is_empty());
+    }
+    let ok = &jobs["x86_64-linux.ok"];
+    assert!(ok.error.is_none());
+    assert!(ok.drv_path.as_deref().unwrap().ends_with("-ok.drv"));
+    assert!(ok.outputs["out"].ends_with("-ok"));
+    assert_eq!(ok.system, "x86_64-linux");
+    assert_eq!(ok.cache_status, CacheStatus::NotBuilt);
+    assert_eq!(ok.attr_path, ["x86_64-linux", "ok"]);
+    let multi = &jobs["x86_64-linux.multi"];
+    assert_eq!(multi.outputs.keys().collect::<Vec<_>>(), ["dev", "out"]);
+    assert_eq!(multi.required_system_features, ["kvm"]);
+    assert_eq!(jobs["aarch64-linux.foreign"].system, "aarch64-linux");
+    assert_eq!(
+        jobs["x86_64-linux.nested.deep.leaf"].attr_path,
+        ["x86_64-linux", "nested", "deep", "leaf"]
+    );
+    assert_eq!(
+        jobs["x86_64-linux.\"with.dot\""].attr_path,
+        ["x86_64-linux", "with.dot"]
+    );
+
+    // The derivation is real: Nix can show it, and it depends on `ok`.
+    let dep = jobs["x86_64-linux.dep"].drv_path.clone().unwrap();
+    let drvs = nix
+        .show_derivations(std::slice::from_ref(&dep))
+        .await
+        .unwrap();
+    assert!(
+        drvs[&dep]
+            .input_drvs
+            .contains_key(ok.drv_path.as_ref().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn one_worker_isolates_every_failure() {
+    check_messy(1).await;
+}
+
+#[tokio::test]
+async fn parallel_workers_isolate_every_failure() {
+    check_messy(3).await;
+}
+
+#[tokio::test]
+async fn built_outputs_are_reported_local() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(
+        dir.path(),
+        r#"{ checks.x86_64-linux = { built = x "built" "echo > $out"; fresh = x "fresh" "echo > $out"; }; }"#,
+    );
+    let (_, jobs) = run(&nix, &builtin(dir.path(), 2)).await;
+    let drv = jobs["x86_64-linux.built"].drv_path.clone().unwrap();
+    let mut realise = nix.command("nix-store");
+    realise.arg("--realise").arg(&drv);
+    kiln_nix::run_output(&mut realise, "nix-store --realise")
+        .await
+        .unwrap();
+
+    let (_, jobs) = run(&nix, &builtin(dir.path(), 2)).await;
+    assert_eq!(jobs["x86_64-linux.built"].cache_status, CacheStatus::Local);
+    assert_eq!(
+        jobs["x86_64-linux.fresh"].cache_status,
+        CacheStatus::NotBuilt
+    );
+
+    let mut req = builtin(dir.path(), 1);
+    req.check_cache_status = false;
+    let roots = tempfile::tempdir().unwrap();
+    req.gc_roots_dir = Some(roots.path().to_path_buf());
+    let (_, jobs) = run(&nix, &req).await;
+    assert_eq!(
+        jobs["x86_64-linux.built"].cache_status,
+        CacheStatus::Unknown
+    );
+    let root = roots.path().join(drv.rsplit('/').next().unwrap());
+    assert_eq!(std::fs::read_link(root).unwrap(), PathBuf::from(&drv));
+}
+
+#[tokio::test]
+async fn custom_attribute_and_empty_sets() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(
+        dir.path(),
+        r#"{ hydraJobs = { tests.unit = x "unit" "echo > $out"; empty = { }; }; checks = { }; }"#,
+    );
+    let (summary, jobs) = run(&nix, &builtin(dir.path(), 2)).await;
+    assert_eq!(summary.unwrap().jobs, 0);
+    assert!(jobs.is_empty());
+    let mut req = builtin(dir.path(), 2);
+    req.attribute = "hydraJobs".into();
+    let (_, jobs) = run(&nix, &req).await;
+    assert_eq!(jobs.keys().collect::<Vec<_>>(), ["tests.unit"]);
+}
+
+#[tokio::test]
+async fn whole_flake_failures_are_errors() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(dir.path(), r#"{ checks = { }; }"#);
+    let mut req = builtin(dir.path(), 1);
+    req.attribute = "nope".into();
+    let (r, jobs) = run(&nix, &req).await;
+    let e = r.unwrap_err();
+    assert!(matches!(e, EvalError::AttributeMissing { .. }), "{e}");
+    assert!(e.to_string().contains("does not provide attribute `nope`"));
+    assert!(jobs.is_empty());
+
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        "{ outputs = { self }: { checks = ; }; }",
+    )
+    .unwrap();
+    let (r, _) = run(&nix, &builtin(dir.path(), 1)).await;
+    let e = r.unwrap_err();
+    assert!(matches!(e, EvalError::Flake { .. }), "{e}");
+    assert!(e.to_string().contains("syntax error"), "{e}");
+
+    let (r, _) = run(&nix, &builtin(&dir.path().join("absent"), 1)).await;
+    assert!(matches!(r.unwrap_err(), EvalError::Flake { .. }));
+}
+
+/// A stand-in `nix-eval-jobs`: records its arguments, prints `lines`.
+fn stand_in(dir: &Path, lines: &str, exit: i32) -> PathBuf {
+    let program = dir.join("nix-eval-jobs");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"{args}\"\ncat <<'KILN_EOF'\n{lines}\nKILN_EOF\necho 'error: boom (stand-in)' >&2\nexit {exit}\n",
+        args = dir.join("args").display()
+    );
+    std::fs::write(&program, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    program
+}
+
+const RECORDED: &str = r#"{"attr":"x86_64-linux.hello","attrPath":["x86_64-linux","hello"],"cacheStatus":"notBuilt","drvPath":"/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello.drv","isCached":false,"name":"hello","neededBuilds":["/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello.drv"],"neededSubstitutes":[],"outputs":{"out":"/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-hello"},"system":"x86_64-linux"}
+{"attr":"x86_64-linux.local","attrPath":["x86_64-linux","local"],"cacheStatus":"local","drvPath":"/nix/store/2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c-local.drv","isCached":true,"name":"local","neededBuilds":[],"neededSubstitutes":[],"outputs":{"out":"/nix/store/3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d-local"},"system":"x86_64-linux"}
+{"attr":"x86_64-linux.cached","attrPath":["x86_64-linux","cached"],"cacheStatus":"cached","drvPath":"/nix/store/4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e-cached.drv","isCached":true,"name":"cached","neededBuilds":[],"neededSubstitutes":["/nix/store/5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f-cached"],"outputs":{"out":"/nix/store/5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f-cached"},"system":"x86_64-linux"}
+{"attr":"x86_64-linux.broken","attrPath":["x86_64-linux","broken"],"error":"error: attribute 'nope' missing\n\n       at /nix/store/6g6g-source/flake.nix:3:9:\n"}"#;
+
+#[tokio::test]
+async fn nix_eval_jobs_lines_become_jobs() {
+    let nix = nix().await;
+    let bin = tempfile::tempdir().unwrap();
+    let program = stand_in(bin.path(), RECORDED, 0);
+    // Auto picks it from a PATH where it comes first.
+    let path = std::env::join_paths([bin.path(), Path::new("/usr/bin")]).unwrap();
+    assert_eq!(
+        EvaluatorChoice::Auto.resolve(Some(&path)),
+        EvaluatorChoice::NixEvalJobs(program.clone())
+    );
+    assert_eq!(
+        EvaluatorChoice::Auto.resolve(Some("/nonexistent".as_ref())),
+        EvaluatorChoice::Builtin
+    );
+
+    let flake = tempfile::tempdir().unwrap();
+    write_flake(flake.path(), "{ checks = { }; }");
+    let mut req = EvalRequest::new(flake.path(), "checks");
+    req.workers = 3;
+    req.max_memory_mib = 1234;
+    req.evaluator = EvaluatorChoice::NixEvalJobs(program);
+    let (summary, jobs) = run(&nix, &req).await;
+    let summary = summary.unwrap();
+    assert_eq!(summary.evaluator, Evaluator::NixEvalJobs);
+    assert_eq!((summary.jobs, summary.errors), (4, 1));
+    assert_eq!(
+        jobs["x86_64-linux.hello"].cache_status,
+        CacheStatus::NotBuilt
+    );
+    assert_eq!(jobs["x86_64-linux.local"].cache_status, CacheStatus::Local);
+    assert_eq!(
+        jobs["x86_64-linux.cached"].cache_status,
+        CacheStatus::Cached
+    );
+    assert_eq!(
+        jobs["x86_64-linux.hello"].outputs["out"],
+        "/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-hello"
+    );
+    let broken = &jobs["x86_64-linux.broken"];
+    assert!(
+        broken
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("error: attribute 'nope' missing")
+    );
+    assert_eq!(broken.drv_path, None);
+
+    let args = std::fs::read_to_string(bin.path().join("args")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    let flake_ref = format!("{}#checks", flake.path().display());
+    for want in [
+        &["--workers", "3"][..],
+        &["--max-memory-size", "1234"],
+        &["--force-recurse"],
+        &["--check-cache-status"],
+        &["--flake", &flake_ref],
+    ] {
+        assert!(
+            args.windows(want.len()).any(|w| w == want),
+            "{want:?} not in {args:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nix_eval_jobs_failing_before_any_job_is_a_flake_error() {
+    let nix = nix().await;
+    let bin = tempfile::tempdir().unwrap();
+    let flake = tempfile::tempdir().unwrap();
+    write_flake(flake.path(), "{ checks = { }; }");
+    let mut req = EvalRequest::new(flake.path(), "checks");
+    req.evaluator = EvaluatorChoice::NixEvalJobs(stand_in(bin.path(), "", 1));
+    let (r, _) = run(&nix, &req).await;
+    let e = r.unwrap_err();
+    assert!(matches!(e, EvalError::Flake { .. }), "{e}");
+    assert!(e.to_string().contains("boom (stand-in)"));
+}

@@ -1,0 +1,3 @@
+//! Integration tests of kiln-engine, one binary (see STYLE.md).
+
+mod eval;
