@@ -117,6 +117,15 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
         match rev {
             None => dir,
             Some(rev) => {
+                if git_head(&dir).await.is_none() {
+                    return Err(SourceError::FlakeNotFound {
+                        flake: flake.to_string(),
+                        reason: format!(
+                            "--rev {rev} needs a git repository, and {} is not in one",
+                            dir.display()
+                        ),
+                    });
+                }
                 let t = TempDir::with_prefix("kiln-src-")
                     .map_err(io("creating a temporary directory"))?;
                 let url = format!("file://{}", dir.display());
@@ -201,10 +210,24 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, SourceError> {
     if !out.status.success() {
         return Err(SourceError::Git {
             command: shown,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            message: one_line(&String::from_utf8_lossy(&out.stderr)),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// git's most telling line (`fatal: …` if any, else the last one).
+fn one_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| l.starts_with("fatal:") || l.starts_with("error:"))
+        .or(lines.last())
+        .map_or_else(|| "failed without a message".to_string(), |l| l.to_string())
 }
 
 async fn clone(

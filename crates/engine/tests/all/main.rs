@@ -1,3 +1,5 @@
 //! Integration tests of kiln-engine, one binary (see STYLE.md).
 
 mod eval;
+mod repo_config;
+mod source;

@@ -1,0 +1,255 @@
+//! Source preparation with real git and real Nix: local directories in and out
+//! of git, `git+file://` URLs with and without a pinned rev, `flake_dir` in a
+//! subdirectory, the Nix 2.8 `lock_file` copy, and every bad-input case.
+
+use std::path::Path;
+use std::process::Command;
+
+use kiln_engine::eval::{EvalRequest, EvaluatorChoice};
+use kiln_engine::source::{SourceError, prepare};
+
+use super::eval::{nix, run, write_flake};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=kiln", "-c", "user.email=kiln@example.org"])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn commit_all(dir: &Path, message: &str) -> String {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+async fn job_names(dir: &Path, attribute: &str) -> Vec<String> {
+    let nix = nix().await;
+    let mut req = EvalRequest::new(dir, attribute);
+    req.evaluator = EvaluatorChoice::Builtin;
+    req.workers = 1;
+    let (r, jobs) = run(&nix, &req).await;
+    r.unwrap();
+    jobs.into_keys().collect()
+}
+
+#[tokio::test]
+async fn a_plain_directory_has_no_rev() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(
+        dir.path(),
+        r#"{ checks.x86_64-linux.a = x "a" "echo > $out"; }"#,
+    );
+    let s = prepare(&nix, dir.path().to_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(s.rev, None);
+    assert_eq!(s.flake_dir, dir.path().canonicalize().unwrap());
+    assert_eq!(s.config.attribute, "checks");
+    assert_eq!(
+        job_names(&s.flake_dir, &s.config.attribute).await,
+        ["x86_64-linux.a"]
+    );
+}
+
+#[tokio::test]
+async fn flake_dir_in_a_subdirectory_of_a_git_repo() {
+    let nix = nix().await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    write_flake(
+        &repo.path().join("nix"),
+        r#"{ hydraJobs.t.sub = x "sub" "echo > $out"; }"#,
+    );
+    std::fs::write(
+        repo.path().join("buildbot-nix.toml"),
+        "flake_dir = \"nix\"\nattribute = \"hydraJobs\"\n",
+    )
+    .unwrap();
+    let head = commit_all(repo.path(), "one");
+    let s = prepare(&nix, repo.path().to_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(s.rev.as_deref(), Some(head.as_str()));
+    assert_eq!(s.flake_dir, repo.path().canonicalize().unwrap().join("nix"));
+    assert_eq!(s.config.attribute, "hydraJobs");
+    assert_eq!(job_names(&s.flake_dir, "hydraJobs").await, ["t.sub"]);
+}
+
+#[tokio::test]
+async fn git_urls_and_pinned_revs() {
+    let nix = nix().await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    write_flake(
+        repo.path(),
+        r#"{ checks.x86_64-linux.first = x "first" "echo > $out"; }"#,
+    );
+    let first = commit_all(repo.path(), "first");
+    write_flake(
+        repo.path(),
+        r#"{ checks.x86_64-linux.second = x "second" "echo > $out"; }"#,
+    );
+    let second = commit_all(repo.path(), "second");
+    let url = format!("git+file://{}", repo.path().display());
+
+    let head = prepare(&nix, &url, None).await.unwrap();
+    assert_eq!(head.rev.as_deref(), Some(second.as_str()));
+    assert_ne!(head.repo_root, repo.path());
+    assert_eq!(
+        job_names(&head.flake_dir, "checks").await,
+        ["x86_64-linux.second"]
+    );
+
+    let pinned = prepare(&nix, &url, Some(&first)).await.unwrap();
+    assert_eq!(pinned.rev.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        job_names(&pinned.flake_dir, "checks").await,
+        ["x86_64-linux.first"]
+    );
+
+    // The same through the URL's own `rev`, and --rev on a local directory.
+    let query = prepare(&nix, &format!("{url}?rev={first}"), None)
+        .await
+        .unwrap();
+    assert_eq!(query.rev.as_deref(), Some(first.as_str()));
+    let local = prepare(&nix, repo.path().to_str().unwrap(), Some(&first))
+        .await
+        .unwrap();
+    assert_eq!(local.rev.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        job_names(&local.flake_dir, "checks").await,
+        ["x86_64-linux.first"]
+    );
+
+    // A clone disappears with its Source.
+    let root = pinned.repo_root.clone();
+    drop(pinned);
+    assert!(!root.exists());
+}
+
+#[tokio::test]
+async fn another_lock_file_is_evaluated_from_a_copy_on_nix_2_8() {
+    let nix = nix().await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    write_flake(
+        &repo.path().join("ci"),
+        r#"{ checks.x86_64-linux.a = x "a" "echo > $out"; }"#,
+    );
+    let lock = r#"{"nodes":{"root":{}},"root":"root","version":7}"#;
+    std::fs::write(repo.path().join("ci/ci.lock"), lock).unwrap();
+    std::fs::write(
+        repo.path().join("buildbot-nix.toml"),
+        "flake_dir = \"ci\"\nlock_file = \"ci.lock\"\n",
+    )
+    .unwrap();
+    commit_all(repo.path(), "one");
+    std::fs::write(repo.path().join("untracked"), "x").unwrap();
+    let s = prepare(&nix, repo.path().to_str().unwrap(), None)
+        .await
+        .unwrap();
+    if nix.version().has_reference_lock_file() {
+        assert_eq!(
+            s.reference_lock_file.as_deref(),
+            Some(
+                repo.path()
+                    .canonicalize()
+                    .unwrap()
+                    .join("ci/ci.lock")
+                    .as_path()
+            )
+        );
+        return;
+    }
+    assert!(!s.flake_dir.starts_with(repo.path()));
+    assert!(s.flake_dir.ends_with("ci"));
+    assert_eq!(
+        std::fs::read_to_string(s.flake_dir.join("flake.lock")).unwrap(),
+        lock
+    );
+    let copy_root = s.flake_dir.parent().unwrap();
+    assert!(copy_root.join("buildbot-nix.toml").exists());
+    assert!(
+        !copy_root.join("untracked").exists(),
+        "only tracked files are copied"
+    );
+    assert!(!copy_root.join(".git").exists());
+    assert_eq!(job_names(&s.flake_dir, "checks").await, ["x86_64-linux.a"]);
+}
+
+#[tokio::test]
+async fn bad_inputs_are_one_line_errors() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("absent");
+    let e = prepare(&nix, missing.to_str().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SourceError::FlakeNotFound { .. }), "{e}");
+
+    let e = prepare(&nix, dir.path().to_str().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SourceError::FlakeNotFound { .. }), "{e}");
+    assert!(e.to_string().contains("no flake.nix"), "{e}");
+
+    write_flake(dir.path(), "{ }");
+    std::fs::write(
+        dir.path().join("buildbot-nix.toml"),
+        "atribute = \"checks\"\n",
+    )
+    .unwrap();
+    let e = prepare(&nix, dir.path().to_str().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SourceError::Config(_)), "{e}");
+    assert!(e.to_string().contains("atribute"), "{e}");
+
+    std::fs::write(
+        dir.path().join("buildbot-nix.toml"),
+        "lock_file = \"other.lock\"\n",
+    )
+    .unwrap();
+    let e = prepare(&nix, dir.path().to_str().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SourceError::LockFileMissing { .. }), "{e}");
+
+    let url = format!("git+file://{}", dir.path().join("no-repo").display());
+    let e = prepare(&nix, &url, None).await.unwrap_err();
+    assert!(matches!(e, SourceError::Git { .. }), "{e}");
+    assert_eq!(e.to_string().lines().count(), 1, "{e}");
+
+    std::fs::remove_file(dir.path().join("buildbot-nix.toml")).unwrap();
+    let e = prepare(&nix, dir.path().to_str().unwrap(), Some("deadbeef"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SourceError::FlakeNotFound { .. }), "{e}");
+    assert!(e.to_string().contains("needs a git repository"), "{e}");
+    git(dir.path(), &["init", "-q"]);
+    commit_all(dir.path(), "one");
+    let e = prepare(&nix, dir.path().to_str().unwrap(), Some("deadbeef"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SourceError::Git { .. }), "{e}");
+    assert!(e.to_string().contains("deadbeef"), "{e}");
+    assert_eq!(e.to_string().lines().count(), 1, "{e}");
+}
