@@ -359,3 +359,27 @@ async fn nix_eval_jobs_failing_before_any_job_is_a_flake_error() {
     assert!(matches!(e, EvalError::Flake { .. }), "{e}");
     assert!(e.to_string().contains("boom (stand-in)"));
 }
+
+#[tokio::test]
+async fn an_attribute_over_the_memory_cap_fails_alone() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(
+        dir.path(),
+        r#"{ checks.x86_64-linux = {
+          a = x "a" "echo > $out";
+          big = builtins.seq (builtins.length (builtins.genList (i: [ i i ]) 50000000)) (x "big" "echo > $out");
+          c = x "c" "echo > $out";
+        }; }"#,
+    );
+    for workers in [1, 2] {
+        let mut req = builtin(dir.path(), workers);
+        req.max_memory_mib = 512;
+        let (summary, jobs) = run(&nix, &req).await;
+        assert_eq!(summary.unwrap().errors, 1);
+        let big = jobs["x86_64-linux.big"].error.clone().unwrap();
+        assert!(big.contains("memory limit of 512 MiB"), "{big}");
+        assert!(jobs["x86_64-linux.a"].drv_path.is_some());
+        assert!(jobs["x86_64-linux.c"].drv_path.is_some());
+    }
+}
