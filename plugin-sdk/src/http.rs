@@ -1,0 +1,262 @@
+//! Outgoing HTTP over `wasi:http`, blocking: build a [`Request`], call
+//! [`send`], get a [`Response`] with the whole body read.
+//!
+//! The host links `wasi:http` only for plugins granted at least one host and
+//! checks every request's host against the grant, so a request to any other
+//! host fails with [`HttpError::Failed`] carrying the host's error code. This
+//! module must stay a thin, dependency-free client: no retries, no
+//! redirects, no cookies (a plugin that needs them builds them on top).
+
+use std::fmt;
+use std::io::{Read as _, Write as _};
+
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
+
+/// An HTTP request to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `POST`, … (any token).
+    pub method: String,
+    /// An absolute `http://` or `https://` URL.
+    pub url: String,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body; empty for none.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request with no headers and no body.
+    pub fn new(method: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            method: method.into(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A `GET` of `url`.
+    pub fn get(url: impl Into<String>) -> Self {
+        Self::new("GET", url)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+/// A response, its body read completely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (case-insensitive), as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Why a request failed before a response arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The URL is not an absolute `http(s)://host/…` URL.
+    InvalidUrl(String),
+    /// A header name or value was refused.
+    InvalidHeader(String),
+    /// The host refused or failed the request (not granted, DNS, connect,
+    /// TLS, timeout…), with its error code.
+    Failed(String),
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidUrl(url) => write!(f, "invalid URL `{url}`: expected http(s)://host/path"),
+            Self::InvalidHeader(name) => write!(f, "invalid HTTP header `{name}`"),
+            Self::Failed(reason) => write!(f, "HTTP request failed: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+impl From<HttpError> for crate::PluginError {
+    fn from(error: HttpError) -> Self {
+        crate::PluginError::Failed(error.to_string())
+    }
+}
+
+fn failed(code: ErrorCode) -> HttpError {
+    HttpError::Failed(code.to_string())
+}
+
+fn io_failed(error: std::io::Error) -> HttpError {
+    HttpError::Failed(error.to_string())
+}
+
+/// The parts of an absolute URL that `wasi:http` wants separately.
+#[derive(Debug, PartialEq, Eq)]
+struct UrlParts<'a> {
+    https: bool,
+    authority: &'a str,
+    path_with_query: &'a str,
+}
+
+fn split_url(url: &str) -> Result<UrlParts<'_>, HttpError> {
+    let invalid = || HttpError::InvalidUrl(url.to_owned());
+    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(invalid());
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        return Err(invalid());
+    }
+    // The fragment never goes on the wire; `send` adds a leading `/`.
+    let path_with_query = tail.split('#').next().unwrap_or("");
+    Ok(UrlParts {
+        https,
+        authority,
+        path_with_query,
+    })
+}
+
+/// Sends `request` and waits for the whole response.
+pub fn send(request: Request) -> Result<Response, HttpError> {
+    let parts = split_url(&request.url)?;
+    let entries: Vec<(String, Vec<u8>)> = request
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone().into_bytes()))
+        .collect();
+    let headers =
+        Fields::from_list(&entries).map_err(|e| HttpError::InvalidHeader(format!("{e:?}")))?;
+    let outgoing = OutgoingRequest::new(headers);
+    let method = match request.method.to_ascii_uppercase().as_str() {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "PATCH" => Method::Patch,
+        "OPTIONS" => Method::Options,
+        other => Method::Other(other.to_owned()),
+    };
+    let path = if parts.path_with_query.starts_with('/') {
+        parts.path_with_query.to_owned()
+    } else {
+        format!("/{}", parts.path_with_query)
+    };
+    let invalid = || HttpError::InvalidUrl(request.url.clone());
+    outgoing.set_method(&method).map_err(|()| invalid())?;
+    outgoing
+        .set_scheme(Some(&if parts.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }))
+        .map_err(|()| invalid())?;
+    outgoing
+        .set_authority(Some(parts.authority))
+        .map_err(|()| invalid())?;
+    outgoing
+        .set_path_with_query(Some(&path))
+        .map_err(|()| invalid())?;
+
+    let body = outgoing
+        .body()
+        .map_err(|()| HttpError::Failed("no request body".into()))?;
+    let future = outgoing_handler::handle(outgoing, None).map_err(failed)?;
+    {
+        let mut stream = body
+            .write()
+            .map_err(|()| HttpError::Failed("request body not writable".into()))?;
+        // `blocking_write_and_flush` takes at most 4096 bytes at a time.
+        for chunk in request.body.chunks(4096) {
+            stream.write_all(chunk).map_err(io_failed)?;
+        }
+        std::io::Write::flush(&mut stream).map_err(io_failed)?;
+    }
+    OutgoingBody::finish(body, None).map_err(failed)?;
+
+    let response = loop {
+        match future.get() {
+            Some(Ok(result)) => break result.map_err(failed)?,
+            Some(Err(())) => return Err(HttpError::Failed("response already taken".into())),
+            None => future.subscribe().block(),
+        }
+    };
+    let status = response.status();
+    let headers = response.headers().entries();
+    let incoming = response
+        .consume()
+        .map_err(|()| HttpError::Failed("response body already taken".into()))?;
+    let mut body = Vec::new();
+    {
+        let mut stream = incoming
+            .stream()
+            .map_err(|()| HttpError::Failed("response body not readable".into()))?;
+        stream.read_to_end(&mut body).map_err(io_failed)?;
+    }
+    drop(IncomingBody::finish(incoming));
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_wasi_http_parts() {
+        assert_eq!(
+            split_url("https://api.github.com/repos/a/b?x=1#frag").unwrap(),
+            UrlParts {
+                https: true,
+                authority: "api.github.com",
+                path_with_query: "/repos/a/b?x=1"
+            }
+        );
+        assert_eq!(
+            split_url("http://127.0.0.1:8080").unwrap(),
+            UrlParts {
+                https: false,
+                authority: "127.0.0.1:8080",
+                path_with_query: ""
+            }
+        );
+        assert_eq!(split_url("http://h?q").unwrap().path_with_query, "?q");
+        for bad in ["ftp://h/", "h/x", "http:///x", "http://user@h/"] {
+            assert!(split_url(bad).is_err(), "{bad}");
+        }
+    }
+}
