@@ -12,7 +12,8 @@ use kiln_engine::eval::{EvalRequest, EvaluatorChoice, evaluate};
 use kiln_nix::Nix;
 use tokio::sync::mpsc;
 
-fn write_flake(dir: &Path, n: usize) {
+/// `heavy`: every check costs real evaluation work (a 300,000-element fold).
+fn write_flake(dir: &Path, n: usize, heavy: bool) {
     let salt = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -28,14 +29,20 @@ fn write_flake(dir: &Path, n: usize) {
             ));
         }
     }
+    let work = if heavy {
+        "builtins.toString (builtins.foldl' builtins.add 0 (builtins.genList (i: i) 300000))"
+    } else {
+        "\"\""
+    };
     let text = format!(
-        "{{ outputs = {{ self }}: let salt = \"{salt}\"; mk = name: script: derivation {{ inherit name salt; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" script ]; }}; in {{ checks.x86_64-linux = {{\n{checks}}}; }}; }}\n"
+        "{{ outputs = {{ self }}: let salt = \"{salt}\"; mk = name: script: derivation {{ inherit name salt; work = {work}; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" script ]; }}; in {{ checks.x86_64-linux = {{\n{checks}}}; }}; }}\n"
     );
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("flake.nix"), text).unwrap();
 }
 
 async fn floor(nix: &Nix, dir: &Path) -> f64 {
+    // One process, no streaming, no failure isolation: the least possible.
     let start = Instant::now();
     let mut cmd = nix.command("nix");
     cmd.args(["eval", "--json", "--no-write-lock-file"])
@@ -74,21 +81,25 @@ async fn kiln(nix: &Nix, dir: &Path, workers: usize, check: bool) -> (f64, f64, 
 #[tokio::main]
 async fn main() {
     let nix = Nix::detect().await.unwrap();
-    let n = 200;
-    for round in 0..2 {
-        let base = tempfile::tempdir().unwrap();
-        let d = |name: &str| base.path().join(name);
-        write_flake(&d("floor"), n);
-        let f = floor(&nix, &d("floor")).await;
-        println!("round {round}: floor (one nix eval of {n} drvPaths): {f:.3} s");
-        for (workers, check) in [(1, true), (1, false), (2, true), (4, true)] {
-            let dir = d(&format!("w{workers}{check}"));
-            write_flake(&dir, n);
-            let (t, first, procs) = kiln(&nix, &dir, workers, check).await;
+    for (n, heavy) in [(200, false), (40, true)] {
+        let kind = if heavy { "expensive" } else { "small" };
+        for round in 0..2 {
+            let base = tempfile::tempdir().unwrap();
+            let d = |name: &str| base.path().join(name);
+            write_flake(&d("floor"), n, heavy);
+            let f = floor(&nix, &d("floor")).await;
             println!(
-                "  kiln builtin, {workers} worker(s), cache check {check}: {t:.3} s = {:.2}x floor; first job after {first:.3} s; {procs} nix eval processes",
-                t / f
+                "{n} {kind} checks, round {round}: floor (one nix eval of all drvPaths): {f:.3} s"
             );
+            for (workers, check) in [(1, true), (1, false), (2, true), (4, true)] {
+                let dir = d(&format!("w{workers}{check}"));
+                write_flake(&dir, n, heavy);
+                let (t, first, procs) = kiln(&nix, &dir, workers, check).await;
+                println!(
+                    "  kiln builtin, {workers} worker(s), cache check {check}: {t:.3} s = {:.2}x floor; first job after {first:.3} s; {procs} nix eval processes",
+                    t / f
+                );
+            }
         }
     }
 }

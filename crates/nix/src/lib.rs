@@ -12,6 +12,8 @@ mod derivation;
 mod error;
 mod path_info;
 mod process;
+mod serve;
+mod store_ops;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -24,6 +26,7 @@ pub use derivation::{Derivation, STORE_DIR, parse_derivations};
 pub use error::{NixError, error_message};
 pub use path_info::{PathInfo, parse_path_info};
 pub use process::{limit_memory, plain_command, run_output};
+pub use serve::StoreQuery;
 pub use version::{Generation, Implementation, NixVersion};
 
 /// The experimental features every invocation enables.

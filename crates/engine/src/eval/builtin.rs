@@ -2,16 +2,20 @@
 //!
 //! One `nix eval <flake>#<attribute> --apply <walk>` process evaluates many
 //! attributes and traces each as soon as it is done (see [`super::tree`]), so
-//! jobs stream out while the process runs. With several workers, a cheap
-//! enumeration walk first lists the derivations, then contiguous slices go to
-//! `workers` parallel processes, each capped at `max_memory_mib`. When a
-//! process dies (`abort`, a missing attribute, a `throw`, out of memory) the
-//! attribute it was on gets Nix's message as its error and a new process
-//! resumes after it. This module must not decide anything about builds.
+//! jobs stream out while the process runs. With several workers, a full walk
+//! from the top races a cheap enumeration walk; when the enumeration ends
+//! first and splitting pays off (measured load time against the walk's rate),
+//! the full walk keeps the next slice of derivations and fresh processes take
+//! the others, each capped at `max_memory_mib`. When a process dies
+//! (`abort`, a missing attribute, a `throw`, out of memory) the attribute it
+//! was on gets Nix's message as its error and a new process resumes after it.
+//! This module must not decide anything about builds.
 
+use std::collections::HashSet;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kiln_nix::{Nix, error_message, limit_memory};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -36,6 +40,24 @@ struct Ctx {
     req: EvalRequest,
     jobs: mpsc::UnboundedSender<EvalJob>,
     processes: AtomicUsize,
+    /// Attribute paths already sent (the racing walks overlap).
+    sent: Mutex<HashSet<Path>>,
+    /// Derivations handed to split-off workers: the racing full walk stops
+    /// when it reaches one.
+    claimed: Mutex<HashSet<Path>>,
+    /// Jobs the racing full walk sent.
+    race_done: AtomicUsize,
+}
+
+/// Which walk a process belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Classify nodes only; return derivation paths.
+    Enumerate,
+    /// Instantiate derivations in `roots`.
+    Full,
+    /// The full walk from the top that races the enumeration.
+    Racing,
 }
 
 /// Evaluate `req` with the `nix` CLI, streaming jobs into `tx`.
@@ -57,6 +79,9 @@ pub async fn evaluate(
         req: req.clone(),
         jobs: jtx,
         processes: AtomicUsize::new(0),
+        sent: Mutex::new(HashSet::new()),
+        claimed: Mutex::new(HashSet::new()),
+        race_done: AtomicUsize::new(0),
     });
     let walked = run(ctx.clone()).await;
     let processes = ctx.processes.load(Ordering::Relaxed);
@@ -75,38 +100,88 @@ pub async fn evaluate(
 async fn run(ctx: Arc<Ctx>) -> Result<(), EvalError> {
     let workers = ctx.req.workers.max(1);
     if workers == 1 {
-        walk(&ctx, vec![Vec::new()], true).await?;
+        walk(&ctx, vec![Vec::new()], Kind::Full).await?;
         return Ok(());
     }
-    let leaves = walk(&ctx, vec![Vec::new()], false).await?;
-    if leaves.is_empty() {
-        return Ok(());
+    let started = Instant::now();
+    let racing = walk(&ctx, vec![Vec::new()], Kind::Racing);
+    let enumerate = walk(&ctx, vec![Vec::new()], Kind::Enumerate);
+    tokio::pin!(racing, enumerate);
+    let leaves = tokio::select! {
+        // Done before the enumeration: the flake was small. Dropping the
+        // enumeration kills its process.
+        r = &mut racing => return r.map(|_| ()),
+        r = &mut enumerate => r?,
+    };
+    let load = started.elapsed();
+    // Watch the racing walk alone for a moment to measure its rate.
+    let before = ctx.race_done.load(Ordering::Relaxed);
+    let window = (load / 4).clamp(Duration::from_millis(50), Duration::from_millis(1000));
+    tokio::select! {
+        r = &mut racing => return r.map(|_| ()),
+        _ = tokio::time::sleep(window) => {}
     }
-    let per = leaves.len().div_ceil(workers);
+    let progress = ctx.race_done.load(Ordering::Relaxed) - before;
+    let remaining: Vec<Path> = {
+        let sent = ctx.sent.lock().expect("not poisoned");
+        leaves.into_iter().filter(|p| !sent.contains(p)).collect()
+    };
+    if !split_pays(remaining.len(), workers, load, window, progress) {
+        return racing.await.map(|_| ());
+    }
+    // The racing walk goes on in traversal order with the first slice; the
+    // other slices are claimed by fresh processes.
+    let per = remaining.len().div_ceil(workers);
+    ctx.claimed
+        .lock()
+        .expect("not poisoned")
+        .extend(remaining.iter().skip(per).cloned());
     let mut set = JoinSet::new();
-    for chunk in leaves.chunks(per) {
+    for chunk in remaining.chunks(per).skip(1) {
         let ctx = ctx.clone();
         let roots = chunk.to_vec();
-        set.spawn(async move { walk(&ctx, roots, true).await.map(|_| ()) });
+        set.spawn(async move { walk(&ctx, roots, Kind::Full).await.map(|_| ()) });
     }
+    racing.await?;
     while let Some(r) = set.join_next().await {
         r.map_err(|_| EvalError::Cancelled)??;
     }
     Ok(())
 }
 
+/// Whether `remaining` derivations finish sooner split over `workers`
+/// processes (each paying `load` again) than left to the racing walk, which
+/// did `progress` of them in `window`. No progress: split.
+fn split_pays(
+    remaining: usize,
+    workers: usize,
+    load: Duration,
+    window: Duration,
+    progress: usize,
+) -> bool {
+    if remaining < 2 {
+        return false;
+    }
+    if progress == 0 {
+        return true;
+    }
+    let alone = window.as_secs_f64() * remaining as f64 / progress as f64;
+    load.as_secs_f64() + alone / (workers as f64) < alone
+}
+
 /// Walk `roots` in as few processes as failures allow. In a full walk every
 /// derivation is sent as a job; otherwise derivation paths are returned.
 /// Failures are always sent as jobs.
-async fn walk(ctx: &Ctx, mut roots: Vec<Path>, full: bool) -> Result<Vec<Path>, EvalError> {
+async fn walk(ctx: &Ctx, mut roots: Vec<Path>, kind: Kind) -> Result<Vec<Path>, EvalError> {
     let mut leaves = Vec::new();
     let top_level = roots.len() == 1 && roots[0].is_empty();
     let mut first_process = true;
     while !roots.is_empty() {
         let later = roots.split_off(take_by_size(&roots));
-        let outcome = one_process(ctx, roots, full, &mut leaves).await?;
+        let outcome = one_process(ctx, roots, kind, &mut leaves).await?;
         roots = match outcome {
             Outcome::Done => Vec::new(),
+            Outcome::Stopped => return Ok(leaves),
             Outcome::Failed { mut cursor, stderr } => {
                 let message = error_message(&stderr);
                 if top_level && first_process && cursor.visited == 0 {
@@ -158,15 +233,21 @@ fn take_by_size(roots: &[Path]) -> usize {
 
 enum Outcome {
     Done,
-    Failed { cursor: Cursor, stderr: String },
+    /// The racing walk reached a claimed derivation.
+    Stopped,
+    Failed {
+        cursor: Cursor,
+        stderr: String,
+    },
 }
 
 async fn one_process(
     ctx: &Ctx,
     roots: Vec<Path>,
-    full: bool,
+    kind: Kind,
     leaves: &mut Vec<Path>,
 ) -> Result<Outcome, EvalError> {
+    let full = kind != Kind::Enumerate;
     let mut cmd = ctx.nix.command("nix");
     cmd.args(["eval", "--json", "--no-write-lock-file"]);
     if let Some(lock) = &ctx.req.reference_lock_file {
@@ -198,11 +279,19 @@ async fn one_process(
                 continue;
             }
             if msg.k == "drv" {
-                if full {
-                    send(ctx, drv_job(msg))?;
-                } else {
+                if !full {
                     leaves.push(msg.p);
+                    continue;
                 }
+                if kind == Kind::Racing {
+                    if ctx.claimed.lock().expect("not poisoned").contains(&msg.p) {
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                        return Ok(Outcome::Stopped);
+                    }
+                    ctx.race_done.fetch_add(1, Ordering::Relaxed);
+                }
+                send(ctx, drv_job(msg))?;
             }
         } else if other.len() < MAX_ERROR_LINES {
             other.push(line);
@@ -232,7 +321,16 @@ fn is_out_of_memory(stderr: &str) -> bool {
         || stderr.contains("GC Warning: Out of Memory")
 }
 
+/// Send a job unless an overlapping walk already sent this attribute.
 fn send(ctx: &Ctx, job: EvalJob) -> Result<(), EvalError> {
+    if !ctx
+        .sent
+        .lock()
+        .expect("not poisoned")
+        .insert(job.attr_path.clone())
+    {
+        return Ok(());
+    }
     ctx.jobs.send(job).map_err(|_| EvalError::Cancelled)
 }
 
@@ -259,5 +357,21 @@ fn error_job(path: Path, message: String) -> EvalJob {
         cache_status: CacheStatus::Unknown,
         required_system_features: Vec::new(),
         error: Some(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_only_when_it_pays() {
+        let ms = Duration::from_millis;
+        // 40 done in 20 ms, 160 left: 80 ms alone vs 100 ms + 40 ms split.
+        assert!(!split_pays(160, 2, ms(100), ms(20), 40));
+        // 1 done in 500 ms, 100 left: 50 s alone vs 2 s + 25 s split.
+        assert!(split_pays(100, 2, ms(2000), ms(500), 1));
+        assert!(split_pays(100, 2, ms(2000), ms(500), 0));
+        assert!(!split_pays(1, 4, ms(1), ms(500), 0));
     }
 }

@@ -1,5 +1,6 @@
 //! The last stage of both evaluators: fill in `cache_status` from the store
-//! (in batches, one `nix-store --check-validity` per burst of jobs), register
+//! (in batches, one query per burst of jobs over a `nix-store --serve`
+//! connection), register
 //! GC roots, and forward jobs to the caller in arrival order.
 //!
 //! It must not change anything but `cache_status` and must not delay a job
@@ -7,7 +8,9 @@
 
 use std::path::PathBuf;
 
-use kiln_nix::Nix;
+use std::collections::HashSet;
+
+use kiln_nix::{Nix, NixError, StoreQuery};
 use tokio::sync::mpsc;
 
 use crate::job::{CacheStatus, EvalJob};
@@ -33,6 +36,7 @@ pub async fn forward(
     tx: mpsc::Sender<EvalJob>,
 ) -> Result<Forwarded, EvalError> {
     let mut counts = Forwarded::default();
+    let mut serve: Option<StoreQuery> = None;
     if let Some(dir) = &gc_roots_dir {
         std::fs::create_dir_all(dir).map_err(|e| EvalError::Flake {
             flake: String::new(),
@@ -51,7 +55,7 @@ pub async fn forward(
                 .flat_map(|j| j.outputs.values().cloned())
                 .collect();
             if !paths.is_empty() {
-                match nix.valid_paths(&paths).await {
+                match valid_paths(&nix, &mut serve, &paths).await {
                     Ok(valid) => {
                         for job in batch
                             .iter_mut()
@@ -81,6 +85,31 @@ pub async fn forward(
         }
     }
     Ok(counts)
+}
+
+/// Ask over a `nix-store --serve` connection (opened on first use), falling
+/// back to one `nix-store --check-validity` process when that fails.
+async fn valid_paths(
+    nix: &Nix,
+    serve: &mut Option<StoreQuery>,
+    paths: &[String],
+) -> Result<HashSet<String>, NixError> {
+    if serve.is_none() {
+        match StoreQuery::open(nix).await {
+            Ok(q) => *serve = Some(q),
+            Err(e) => tracing::debug!("nix-store --serve unavailable: {e}"),
+        }
+    }
+    if let Some(q) = serve {
+        match q.valid_paths(paths).await {
+            Ok(valid) => return Ok(valid),
+            Err(e) => {
+                tracing::debug!("nix-store --serve failed, falling back: {e}");
+                *serve = None;
+            }
+        }
+    }
+    nix.valid_paths(paths).await
 }
 
 fn add_root(dir: &std::path::Path, drv: &str) {
