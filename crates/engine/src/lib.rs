@@ -5,9 +5,19 @@
 //! Every Nix invocation goes through `kiln-nix`; this crate owns policy, not
 //! process plumbing.
 
+pub mod bench;
+pub mod cli;
+pub mod driver;
+pub mod eval;
+pub mod executor;
+pub mod failed_cache;
 pub mod graph;
 pub mod job;
-pub mod scheduler;
-pub mod eval;
+pub mod junit;
+pub mod logfile;
+pub mod progress;
 pub mod repo_config;
+pub mod report;
+pub mod run;
+pub mod scheduler;
 pub mod source;

@@ -149,8 +149,9 @@ impl Scheduler {
 
     /// Record that `job` needs `dep`, learnt after `job` was added (its
     /// dependency was evaluated later). Ignored once `job` was dispatched:
-    /// Nix builds the dependency as part of it anyway.
-    pub fn add_dependency(&mut self, job: JobId, dep: JobId) {
+    /// Nix builds the dependency as part of it anyway. Jobs that become
+    /// `dependency_failed` through this edge are appended to `failed`.
+    pub fn add_dependency(&mut self, job: JobId, dep: JobId, failed: &mut Vec<JobId>) {
         let state = self.slots[job as usize].state;
         if matches!(state, State::Dispatched | State::Final) || job == dep {
             return;
@@ -164,6 +165,10 @@ impl Scheduler {
         let s = self.slots[job as usize];
         if s.state == State::Waiting && s.pending == 0 {
             self.make_ready(job);
+        }
+        if s.status == JobStatus::DependencyFailed {
+            failed.push(job);
+            self.propagate_failure(job, s.failed_dependency, failed);
         }
     }
 
@@ -320,21 +325,23 @@ impl Scheduler {
                 }
             }
         } else {
-            let mut stack = deps.clone();
-            while let Some(d) = stack.pop() {
-                if matches!(
-                    self.slots[d as usize].state,
-                    State::Final | State::Dispatched
-                ) {
-                    continue;
-                }
-                if self.fail_dependent(d, id) {
-                    failed.push(d);
-                    stack.extend(std::mem::take(&mut self.dependents[d as usize]));
-                }
-            }
+            self.dependents[id as usize] = deps;
+            self.propagate_failure(id, id, failed);
+            return;
         }
         self.dependents[id as usize] = deps;
+    }
+
+    /// Mark every transitive dependent of `from` that has not started as
+    /// `dependency_failed` because of `root`.
+    fn propagate_failure(&mut self, from: JobId, root: JobId, failed: &mut Vec<JobId>) {
+        let mut stack = std::mem::take(&mut self.dependents[from as usize]);
+        while let Some(d) = stack.pop() {
+            if self.fail_dependent(d, root) {
+                failed.push(d);
+                stack.extend(std::mem::take(&mut self.dependents[d as usize]));
+            }
+        }
     }
 
     fn fail_dependent(&mut self, job: JobId, root: JobId) -> bool {

@@ -72,14 +72,14 @@ fn late_dependencies_hold_back_ready_jobs() {
     let mut s = Scheduler::new();
     let a = s.add_job(0, &[]);
     let b = s.add_job(0, &[]);
-    s.add_dependency(a, b);
+    s.add_dependency(a, b, &mut vec![]);
     assert_eq!(drain(&mut s, 0), [b]);
     let mut failed = vec![];
     s.complete(b, JobStatus::Succeeded, &mut failed);
     assert_eq!(drain(&mut s, 0), [a]);
     // Once dispatched, a late edge is ignored.
     let c = s.add_job(0, &[]);
-    s.add_dependency(a, c);
+    s.add_dependency(a, c, &mut vec![]);
     assert_eq!(s.status(a), JobStatus::Running);
 }
 
@@ -108,5 +108,19 @@ fn requeue_and_cancel() {
     cancelled.sort();
     assert_eq!(cancelled, [a, b]);
     assert_eq!(s.status(b), JobStatus::Cancelled);
+    assert_eq!(s.unfinished(), 0);
+}
+
+#[test]
+fn a_late_failed_dependency_fails_the_whole_chain() {
+    let mut s = Scheduler::new();
+    let a = s.add_job(0, &[]);
+    let top = s.add_job(0, &[a]);
+    let broken = s.add_final(0, JobStatus::Failed);
+    let mut failed = vec![];
+    s.add_dependency(a, broken, &mut failed);
+    assert_eq!(failed, [a, top]);
+    assert_eq!(s.failed_dependency(top), Some(broken));
+    assert_eq!(s.ready(), 0);
     assert_eq!(s.unfinished(), 0);
 }

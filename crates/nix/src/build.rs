@@ -437,60 +437,27 @@ mod tests {
 @nix {"action":"start","id":13602161426434,"level":0,"text":"","type":104}
 @nix {"action":"start","id":13602161426435,"level":0,"text":"","type":103}
 @nix {"action":"result","fields":[0,1,0,0],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"result","fields":[0,2,0,0],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"result","fields":[0,3,0,0],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"result","fields":[0,4,0,0],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"start","id":13602161426436,"level":6,"text":"querying info about missing paths","type":0}
 @nix {"action":"stop","id":13602161426436}
 @nix {"action":"start","fields":["/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv","",1,1],"id":13602161426437,"level":3,"text":"building '/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv'","type":105}
 @nix {"action":"result","fields":[0,4,1,0],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"start","fields":["/nix/store/ydzaj95n8cvnf1a130zq5hzhx8ii1mxd-dep.drv","",1,1],"id":13602161426438,"level":3,"text":"building '/nix/store/ydzaj95n8cvnf1a130zq5hzhx8ii1mxd-dep.drv'","type":105}
 @nix {"action":"result","fields":[0,4,2,0],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"result","fields":["bad going down"],"id":13602161426437,"type":101}
 @nix {"action":"result","fields":[0,3,1,1],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m builder for '\u001b[35;1m/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv\u001b[0m' failed with exit code 3","raw_msg":"builder for '\u001b[35;1m/nix/store/vzyfsim6yxi37mrgrdyg9wf7mvgy49gs-bad.drv\u001b[0m' failed with exit code 3"}
 @nix {"action":"result","fields":[0,2,1,1],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"result","fields":["dep-line1"],"id":13602161426438,"type":101}
 @nix {"action":"result","fields":["dep-line2"],"id":13602161426438,"type":101}
 @nix {"action":"result","fields":[1,2,0,1],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"start","fields":["/nix/store/xsyjwn973q4mxb0vza3mppa4r040pyms-good.drv","",1,1],"id":13602161426439,"level":3,"text":"building '/nix/store/xsyjwn973q4mxb0vza3mppa4r040pyms-good.drv'","type":105}
 @nix {"action":"result","fields":[1,2,1,1],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"result","fields":["good says hi"],"id":13602161426439,"type":101}
 @nix {"action":"result","fields":["/nix/store/a8jxprf4i4jk3a4y2p8yb9cvj2adpin1-dep"],"id":13602161426439,"type":101}
 @nix {"action":"result","fields":[2,2,0,1],"id":13602161426434,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":13602161426435,"type":105}
-@nix {"action":"result","fields":[101,0],"id":13602161426433,"type":106}
-@nix {"action":"result","fields":[100,0],"id":13602161426433,"type":106}
 @nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m \u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/5z7zz0p15b6x7hhs2cqcval3b3kj5aqy-badchild.drv\u001b[0m' failed to build","raw_msg":"\u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/5z7zz0p15b6x7hhs2cqcval3b3kj5aqy-badchild.drv\u001b[0m' failed to build"}
 @nix {"action":"stop","id":13602161426439}
 @nix {"action":"stop","id":13602161426438}
@@ -512,44 +479,20 @@ mod tests {
 @nix {"action":"start","id":22286585298946,"level":0,"text":"","type":104}
 @nix {"action":"start","id":22286585298947,"level":0,"text":"","type":103}
 @nix {"action":"result","fields":[0,1,0,0],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"result","fields":[0,2,0,0],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"result","fields":[0,3,0,0],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"start","id":22286585298948,"level":6,"text":"querying info about missing paths","type":0}
 @nix {"action":"stop","id":22286585298948}
 @nix {"action":"start","fields":["/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv","",1,1],"id":22286585298949,"level":3,"text":"building '/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv'","type":105}
 @nix {"action":"result","fields":[0,3,1,0],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"start","fields":["/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv","",1,1],"id":22286585298950,"level":3,"text":"building '/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv'","type":105}
 @nix {"action":"result","fields":[0,3,2,0],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"result","fields":["bad"],"id":22286585298949,"type":101}
 @nix {"action":"result","fields":["silent"],"id":22286585298950,"type":101}
 @nix {"action":"result","fields":[0,2,1,1],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m builder for '\u001b[35;1m/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv\u001b[0m' failed with exit code 1","raw_msg":"builder for '\u001b[35;1m/nix/store/j7dxvdhgwqa6jn0x2c5gvkykjlcngjbf-bad2.drv\u001b[0m' failed with exit code 1"}
 @nix {"action":"result","fields":[0,1,1,1],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"result","fields":[0,0,0,2],"id":22286585298946,"type":105}
-@nix {"action":"result","fields":[0,0,0,0],"id":22286585298947,"type":105}
-@nix {"action":"result","fields":[101,0],"id":22286585298945,"type":106}
-@nix {"action":"result","fields":[100,0],"id":22286585298945,"type":106}
 @nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m \u001b[35;1mbuilding of '/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv!*' from .drv file\u001b[0m timed out after \u001b[35;1m1\u001b[0m seconds of silence","raw_msg":"\u001b[35;1mbuilding of '/nix/store/cwrkfdgcvq130mnxr1pk7s92a7cjkn26-silent2.drv!*' from .drv file\u001b[0m timed out after \u001b[35;1m1\u001b[0m seconds of silence"}
 @nix {"action":"msg","column":null,"file":null,"level":0,"line":null,"msg":"\u001b[31;1merror:\u001b[0m \u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/dgdsk3c4wrzjzhrqg0zajydwxaz8ram9-child2.drv\u001b[0m' failed to build","raw_msg":"\u001b[35;1m1\u001b[0m dependencies of derivation '\u001b[35;1m/nix/store/dgdsk3c4wrzjzhrqg0zajydwxaz8ram9-child2.drv\u001b[0m' failed to build"}
 @nix {"action":"stop","id":22286585298950}
@@ -641,11 +584,12 @@ mod tests {
     fn reports_the_build_counters() {
         let last = events(KEEP_GOING)
             .into_iter()
+            .rev()
             .filter_map(|e| match e {
                 BuildEvent::Progress(p) => Some(p),
                 _ => None,
             })
-            .last()
+            .next()
             .unwrap();
         assert_eq!(
             last,

@@ -1,0 +1,181 @@
+//! `kiln run`'s command line: the clap arguments and the entry point that
+//! builds a runtime, wires Ctrl-C to cancellation, writes `--report`,
+//! `--json` and `--junit`, and maps the outcome to DESIGN.md's exit codes
+//! (0 ok, 1 some job failed, 2 bad usage/config/prerequisite, 130
+//! interrupted).
+//!
+//! It must not contain pipeline logic: that is [`crate::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::sync::watch;
+
+use crate::failed_cache::{FailedCache, cache_home};
+use crate::progress::Mode;
+use crate::run::{RunOptions, run};
+
+/// Evaluate a flake's checks and build them in dependency order, as CI would.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The flake: a directory or a git URL (`git+file://…`, `https://…`).
+    #[arg(default_value = ".")]
+    pub flake: String,
+    /// Git revision to check out before evaluating.
+    #[arg(long)]
+    pub rev: Option<String>,
+    /// Flake output attribute to build (default: buildbot-nix.toml's
+    /// `attribute`, else `checks`).
+    #[arg(long)]
+    pub attribute: Option<String>,
+    /// Systems to build, comma-separated (default: the host's system plus
+    /// those of Nix's remote builders); jobs of other systems are reported
+    /// `unsupported_system`.
+    #[arg(long, value_delimiter = ',')]
+    pub systems: Option<Vec<String>>,
+    /// Parallel builds (default: number of cores).
+    #[arg(long, short = 'j')]
+    pub max_jobs: Option<usize>,
+    /// Parallel evaluator processes.
+    #[arg(long)]
+    pub eval_workers: Option<usize>,
+    /// Memory cap per evaluator process, in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub eval_max_memory_size: Option<u64>,
+    /// Fail a build that prints nothing for this many seconds (`timed_out`).
+    #[arg(long, value_name = "SECONDS")]
+    pub max_silent_time: Option<u64>,
+    /// Fail a build that runs longer than this many seconds (`timed_out`).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Write the JSON report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Directory for per-job logs (default: ~/.cache/kiln/logs/<run>).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Remember failed builds and report them failed again without
+    /// rebuilding (buildbot-nix's cacheFailedBuilds).
+    #[arg(long)]
+    pub cache_failed_builds: bool,
+    /// With --cache-failed-builds: rebuild derivations that failed before.
+    #[arg(long)]
+    pub rebuild_failed: bool,
+    /// Operator configuration (kiln.toml); checked to exist, used by later
+    /// features (post-build plugins).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The library options these arguments mean.
+    pub fn options(&self) -> Result<RunOptions, String> {
+        if let Some(c) = &self.config
+            && !c.is_file()
+        {
+            return Err(format!(
+                "--config {}: no such file; give the path of an existing kiln.toml",
+                c.display()
+            ));
+        }
+        if self.max_jobs == Some(0) {
+            return Err("--max-jobs must be at least 1".into());
+        }
+        if self.rebuild_failed && !self.cache_failed_builds {
+            return Err("--rebuild-failed only makes sense with --cache-failed-builds".into());
+        }
+        let log_dir = self.log_dir.clone().unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            cache_home()
+                .join("kiln")
+                .join("logs")
+                .join(format!("{secs}-{}", std::process::id()))
+        });
+        let mut o = RunOptions::new(self.flake.clone(), log_dir);
+        o.rev = self.rev.clone();
+        o.attribute = self.attribute.clone();
+        o.systems = self.systems.clone();
+        if let Some(j) = self.max_jobs {
+            o.max_jobs = j;
+        }
+        o.eval_workers = self.eval_workers;
+        o.eval_max_memory_mib = self.eval_max_memory_size;
+        o.max_silent_time = self.max_silent_time.map(Duration::from_secs);
+        o.timeout = self.timeout.map(Duration::from_secs);
+        o.failed_cache = if self.cache_failed_builds && !self.rebuild_failed {
+            Some(FailedCache::new(FailedCache::default_dir()))
+        } else if self.cache_failed_builds {
+            // Still record failures, but never skip a build.
+            Some(FailedCache::new(FailedCache::default_dir()).rebuilding())
+        } else {
+            None
+        };
+        o.progress = Mode::detect();
+        Ok(o)
+    }
+}
+
+/// `kiln run`: run, write the reports, return the contract's exit code.
+pub fn main(args: RunArgs) -> ExitCode {
+    let opts = match args.options() {
+        Ok(o) => o,
+        Err(e) => return usage_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return usage_error(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("kiln: interrupted; stopping builds and writing the report");
+                let _ = cancel_tx.send(true);
+            }
+        });
+        let outcome = match run(opts, cancel_rx).await {
+            Ok(o) => o,
+            Err(e) => return usage_error(&e.to_string()),
+        };
+        let report = &outcome.report;
+        if let Some(path) = &args.report
+            && let Err(e) = report.write(path)
+        {
+            return usage_error(&format!("cannot write --report {}: {e}", path.display()));
+        }
+        if let Some(path) = &args.junit
+            && let Err(e) = crate::junit::write(report, path)
+        {
+            return usage_error(&format!("cannot write --junit {}: {e}", path.display()));
+        }
+        if args.json {
+            println!("{}", report.to_json());
+        }
+        if outcome.interrupted {
+            ExitCode::from(130)
+        } else if report.has_failures() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    let one_line = message.lines().next().unwrap_or(message);
+    eprintln!("kiln run: {one_line}");
+    ExitCode::from(2)
+}

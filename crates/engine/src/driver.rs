@@ -1,0 +1,566 @@
+//! The driver: the one loop of a run that owns the job table, the graph and
+//! the scheduler, ingests evaluated jobs as they stream in, hands ready jobs
+//! to executor batches within the `--max-jobs` budget, applies their results
+//! (retries with backoff, failure propagation, the failed-build cache) and
+//! stops everything on cancellation.
+//!
+//! It must not parse Nix output (the executor and `kiln-nix` do) or format
+//! anything for the user beyond calling [`crate::progress`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_nix::Nix;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::eval::{EvalError, EvalSummary};
+use crate::executor::{self, BatchJob, ExecConfig, ExecEvent, Leftover};
+use crate::failed_cache::FailedCache;
+use crate::graph::DrvGraph;
+use crate::job::{CacheStatus, EvalJob, JobStatus};
+use crate::logfile;
+use crate::progress::Progress;
+use crate::report::{JobReport, PostBuildResult};
+use crate::run::PostBuildHook;
+use crate::scheduler::{JobId, Scheduler, SystemId};
+
+/// Attempts for a job whose batch died of a transient failure.
+const MAX_ATTEMPTS: u32 = 3;
+/// Largest batch handed to one Nix process.
+const BATCH_CAP: usize = 256;
+
+/// Per-run settings the driver needs.
+pub struct DriverConfig {
+    /// Build slots.
+    pub max_jobs: usize,
+    /// Systems that can be built.
+    pub systems: HashSet<String>,
+    /// Executor limits and log directory.
+    pub exec: Arc<ExecConfig>,
+    /// Opt-in failed-build cache.
+    pub failed_cache: Option<FailedCache>,
+    /// Post-build hook.
+    pub post_build: Option<Arc<dyn PostBuildHook>>,
+}
+
+struct JobRec {
+    eval: EvalJob,
+    status: JobStatus,
+    error: Option<String>,
+    failed_dependency: Option<String>,
+    attempts: u32,
+    started: Option<Instant>,
+    duration_ms: u64,
+    log_path: Option<PathBuf>,
+    post_build: Vec<PostBuildResult>,
+}
+
+/// What a finished (or cancelled) drive produced.
+pub struct DriveResult {
+    /// Every job, in evaluation order.
+    pub jobs: Vec<JobReport>,
+    /// Whether it was cancelled.
+    pub cancelled: bool,
+    /// The evaluation's own outcome.
+    pub eval: Option<Result<EvalSummary, EvalError>>,
+    /// The progress display, for the final summary.
+    pub progress: Progress,
+}
+
+/// The driver's state.
+pub struct Driver {
+    nix: Nix,
+    cfg: DriverConfig,
+    jobs: Vec<JobRec>,
+    sched: Scheduler,
+    graph: DrvGraph,
+    systems: Vec<String>,
+    batches: HashMap<u64, usize>,
+    next_batch: u64,
+    retries: Vec<(Instant, JobId)>,
+    exec_tx: mpsc::UnboundedSender<ExecEvent>,
+    exec_rx: mpsc::UnboundedReceiver<ExecEvent>,
+    stop_tx: watch::Sender<bool>,
+    hooks: JoinSet<(JobId, Vec<PostBuildResult>)>,
+    progress: Progress,
+}
+
+impl Driver {
+    /// A driver for one run.
+    pub fn new(nix: Nix, cfg: DriverConfig, progress: Progress) -> Self {
+        let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+        let (stop_tx, _) = watch::channel(false);
+        Driver {
+            nix,
+            cfg,
+            jobs: Vec::new(),
+            sched: Scheduler::new(),
+            graph: DrvGraph::new(),
+            systems: Vec::new(),
+            batches: HashMap::new(),
+            next_batch: 0,
+            retries: Vec::new(),
+            exec_tx,
+            exec_rx,
+            stop_tx,
+            hooks: JoinSet::new(),
+            progress,
+        }
+    }
+
+    /// Drive the run until every job is final, or until `cancel` turns true.
+    pub async fn drive(
+        mut self,
+        mut eval_rx: mpsc::Receiver<EvalJob>,
+        mut eval_task: tokio::task::JoinHandle<Result<EvalSummary, EvalError>>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> DriveResult {
+        let mut eval_result: Option<Result<EvalSummary, EvalError>> = None;
+        let mut eval_open = true;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut cancelled = *cancel.borrow();
+        while !cancelled {
+            if !eval_open && eval_result.is_some() && self.idle() {
+                break;
+            }
+            tokio::select! {
+                job = eval_rx.recv(), if eval_open => match job {
+                    Some(job) => {
+                        let mut batch = vec![job];
+                        while let Ok(j) = eval_rx.try_recv() {
+                            batch.push(j);
+                        }
+                        self.ingest(batch).await;
+                    }
+                    None => eval_open = false,
+                },
+                res = &mut eval_task, if eval_result.is_none() => {
+                    let res = res.unwrap_or(Err(EvalError::Cancelled));
+                    let failed = res.is_err();
+                    eval_result = Some(res);
+                    self.sched.finish_graph();
+                    if failed {
+                        // A whole-flake failure: stop building, report it.
+                        self.stop_batches().await;
+                        break;
+                    }
+                }
+                Some(ev) = self.exec_rx.recv() => self.on_exec(ev),
+                Some(done) = self.hooks.join_next(), if !self.hooks.is_empty() => {
+                    if let Ok((id, results)) = done {
+                        self.jobs[id as usize].post_build = results;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.progress.tick(self.counts());
+                }
+                _ = cancel.changed() => cancelled = *cancel.borrow(),
+            }
+            self.promote_retries();
+            self.dispatch();
+        }
+        if cancelled {
+            eval_task.abort();
+            self.stop_batches().await;
+        }
+        while let Some(done) = self.hooks.join_next().await {
+            if let Ok((id, results)) = done {
+                self.jobs[id as usize].post_build = results;
+            }
+        }
+        for id in self.sched.cancel_all() {
+            self.jobs[id as usize].status = JobStatus::Cancelled;
+        }
+        let jobs = self.jobs.iter().map(JobRec::to_report).collect();
+        DriveResult {
+            jobs,
+            cancelled,
+            eval: eval_result,
+            progress: self.progress,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.batches.is_empty() && self.retries.is_empty() && self.sched.ready() == 0
+    }
+
+    fn counts(&self) -> crate::progress::Counts {
+        let mut c = crate::progress::Counts {
+            total: self.jobs.len(),
+            ..Default::default()
+        };
+        for j in &self.jobs {
+            match j.status {
+                JobStatus::Queued => c.queued += 1,
+                JobStatus::Running => c.running += 1,
+                s if s.is_failure() => c.failed += 1,
+                _ => c.done += 1,
+            }
+        }
+        c
+    }
+
+    fn system_id(&mut self, system: &str) -> SystemId {
+        match self.systems.iter().position(|s| s == system) {
+            Some(i) => i as SystemId,
+            None => {
+                self.systems.push(system.to_string());
+                (self.systems.len() - 1) as SystemId
+            }
+        }
+    }
+
+    /// Add freshly evaluated jobs: final ones at once, buildable ones with
+    /// their dependencies from the derivation graph.
+    async fn ingest(&mut self, batch: Vec<EvalJob>) {
+        let to_load: Vec<String> = batch
+            .iter()
+            .filter(|j| j.error.is_none() && self.cfg.systems.contains(&j.system))
+            .filter(|j| !matches!(j.cache_status, CacheStatus::Local | CacheStatus::Cached))
+            .filter_map(|j| j.drv_path.clone())
+            .filter(|d| !self.graph.is_loaded(d))
+            .collect();
+        if !to_load.is_empty() {
+            match self.nix.show_derivations_recursive(&to_load).await {
+                Ok(drvs) => {
+                    for (path, d) in &drvs {
+                        self.graph
+                            .add_derivation(path, d.input_drvs.keys().map(String::as_str));
+                    }
+                }
+                Err(e) => tracing::warn!("reading the derivation graph failed: {e}"),
+            }
+        }
+        let unknown: Vec<String> = batch
+            .iter()
+            .filter(|j| j.cache_status == CacheStatus::Unknown && j.error.is_none())
+            .flat_map(|j| j.outputs.values().cloned())
+            .collect();
+        let valid = if unknown.is_empty() {
+            HashSet::new()
+        } else {
+            self.nix.valid_paths(&unknown).await.unwrap_or_default()
+        };
+        for job in batch {
+            self.add(job, &valid);
+        }
+    }
+
+    fn add(&mut self, job: EvalJob, valid: &HashSet<String>) {
+        let system = self.system_id(&job.system);
+        let mut rec = JobRec::new(job);
+        let cached = matches!(
+            rec.eval.cache_status,
+            CacheStatus::Local | CacheStatus::Cached
+        ) || (!rec.eval.outputs.is_empty()
+            && rec.eval.outputs.values().all(|o| valid.contains(o)));
+        let earlier_failure = rec
+            .eval
+            .drv_path
+            .as_deref()
+            .and_then(|d| self.cfg.failed_cache.as_ref().and_then(|c| c.lookup(d)));
+        let final_status = if let Some(e) = &rec.eval.error {
+            rec.error = Some(e.clone());
+            Some(JobStatus::EvalError)
+        } else if rec.eval.drv_path.is_none() {
+            rec.error = Some("evaluation produced no derivation".into());
+            Some(JobStatus::EvalError)
+        } else if !self.cfg.systems.contains(&rec.eval.system) {
+            let mut offered: Vec<&String> = self.cfg.systems.iter().collect();
+            offered.sort();
+            rec.error = Some(format!(
+                "no builder for system {} (building for: {}); pass --systems to change",
+                rec.eval.system,
+                offered
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            Some(JobStatus::UnsupportedSystem)
+        } else if cached {
+            Some(JobStatus::Cached)
+        } else if let Some(log) = earlier_failure {
+            rec.error = Some(format!(
+                "failed in an earlier run (failed-build cache); see {log}, or pass --rebuild-failed"
+            ));
+            rec.log_path = Some(PathBuf::from(log));
+            Some(JobStatus::Failed)
+        } else {
+            None
+        };
+        let expected = self.jobs.len() as JobId;
+        let id = match final_status {
+            Some(status) => {
+                rec.status = status;
+                self.sched.add_final(system, status)
+            }
+            None => self.sched.add_job(system, &[]),
+        };
+        debug_assert_eq!(id, expected);
+        rec.log_path = rec.log_path.or_else(|| {
+            (final_status.is_none()).then(|| {
+                self.cfg
+                    .exec
+                    .log_dir
+                    .join(logfile::file_name(&rec.eval.attr))
+            })
+        });
+        let drv = rec.eval.drv_path.clone();
+        self.jobs.push(rec);
+        if let Some(drv) = drv {
+            let (deps, above) = self.graph.attach_job(&drv, id);
+            let mut failed = Vec::new();
+            for d in deps {
+                self.sched.add_dependency(id, d, &mut failed);
+            }
+            for a in above {
+                self.sched.add_dependency(a, id, &mut failed);
+            }
+            self.collect_dependency_failures(&mut failed);
+        }
+        if let Some(status) = final_status {
+            self.progress
+                .finished(&self.jobs[id as usize].eval.attr, status, 0);
+            self.after_final(id);
+        }
+    }
+
+    fn collect_dependency_failures(&mut self, ids: &mut Vec<JobId>) {
+        for id in ids.drain(..) {
+            let root = self.sched.failed_dependency(id);
+            let rec = &mut self.jobs[id as usize];
+            if rec.status.is_final() {
+                continue;
+            }
+            rec.status = JobStatus::DependencyFailed;
+            let name = root.map(|r| self.jobs[r as usize].eval.attr.clone());
+            let rec = &mut self.jobs[id as usize];
+            rec.error = name.as_ref().map(|n| format!("dependency {n} failed"));
+            rec.failed_dependency = name;
+            let attr = rec.eval.attr.clone();
+            self.progress
+                .finished(&attr, JobStatus::DependencyFailed, 0);
+        }
+    }
+
+    fn dispatch(&mut self) {
+        loop {
+            let used: usize = self.batches.values().sum();
+            let free = self.cfg.max_jobs.saturating_sub(used);
+            if free == 0 {
+                return;
+            }
+            let Some(system) = self.sched.systems_with_ready_jobs().next() else {
+                return;
+            };
+            let mut ids = Vec::new();
+            self.sched.pop_batch(system, BATCH_CAP, &mut ids);
+            if ids.is_empty() {
+                // Only stale heap entries were left for this system.
+                self.sched.pop_batch(system, 0, &mut ids);
+                if self.sched.ready() == 0 {
+                    return;
+                }
+                continue;
+            }
+            let slots = free.min(ids.len());
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            let jobs: Vec<BatchJob> = ids
+                .iter()
+                .map(|&id| {
+                    let rec = &mut self.jobs[id as usize];
+                    rec.status = JobStatus::Running;
+                    rec.attempts += 1;
+                    BatchJob {
+                        job: id,
+                        drv: rec.eval.drv_path.clone().unwrap_or_default(),
+                        outputs: rec.eval.outputs.values().cloned().collect(),
+                        log: rec.log_path.clone().unwrap_or_default(),
+                    }
+                })
+                .collect();
+            self.batches.insert(batch, slots);
+            tokio::spawn(executor::run_batch(
+                self.nix.clone(),
+                batch,
+                jobs,
+                slots,
+                self.cfg.exec.clone(),
+                self.exec_tx.clone(),
+                self.stop_tx.subscribe(),
+            ));
+        }
+    }
+
+    fn on_exec(&mut self, ev: ExecEvent) {
+        match ev {
+            ExecEvent::Started { job, .. } => {
+                let rec = &mut self.jobs[job as usize];
+                rec.started = Some(Instant::now());
+                self.progress.started(&rec.eval.attr);
+            }
+            ExecEvent::Slots { batch, in_use } => {
+                if let Some(s) = self.batches.get_mut(&batch) {
+                    *s = in_use;
+                }
+            }
+            ExecEvent::Finished { job, result, .. } => {
+                let rec = &mut self.jobs[job as usize];
+                rec.duration_ms = result.started.map_or(0, |s| {
+                    result.ended.saturating_duration_since(s).as_millis() as u64
+                });
+                rec.status = result.status;
+                rec.error = result.error;
+                if result.status == JobStatus::DependencyFailed {
+                    let drv = rec.eval.drv_path.clone().unwrap_or_default();
+                    let input = self.graph.failed_input(&drv, &result.failed_drvs);
+                    let name = input.map(|d| match self.graph.job_of(&d) {
+                        Some(j) => self.jobs[j as usize].eval.attr.clone(),
+                        None => d,
+                    });
+                    let rec = &mut self.jobs[job as usize];
+                    rec.error = name.as_ref().map(|n| format!("dependency {n} failed"));
+                    rec.failed_dependency = name;
+                }
+                let mut failed = Vec::new();
+                self.sched.complete(job, result.status, &mut failed);
+                self.collect_dependency_failures(&mut failed);
+                let rec = &self.jobs[job as usize];
+                self.progress
+                    .finished(&rec.eval.attr, rec.status, rec.duration_ms);
+                self.after_final(job);
+            }
+            ExecEvent::Done {
+                batch,
+                leftover,
+                reason,
+            } => {
+                self.batches.remove(&batch);
+                for id in leftover {
+                    self.leftover(id, &reason);
+                }
+            }
+        }
+    }
+
+    fn leftover(&mut self, id: JobId, reason: &Leftover) {
+        let rec = &mut self.jobs[id as usize];
+        match reason {
+            Leftover::Killed => {
+                rec.status = JobStatus::Queued;
+                self.sched.requeue(id);
+            }
+            Leftover::Transient(msg) if rec.attempts < MAX_ATTEMPTS => {
+                let backoff = Duration::from_secs(1 << (rec.attempts - 1).min(5));
+                tracing::warn!(attr = %rec.eval.attr, "transient Nix failure, retrying in {backoff:?}: {msg}");
+                rec.status = JobStatus::Queued;
+                self.retries.push((Instant::now() + backoff, id));
+            }
+            Leftover::Transient(msg) => {
+                rec.status = JobStatus::Failed;
+                rec.error = Some(format!("{msg} (after {} attempts)", rec.attempts));
+                let mut failed = Vec::new();
+                self.sched.complete(id, JobStatus::Failed, &mut failed);
+                self.collect_dependency_failures(&mut failed);
+            }
+            Leftover::Cancelled => {}
+        }
+    }
+
+    fn promote_retries(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.retries.drain(..).partition(|(t, _)| *t <= now);
+        self.retries = later;
+        for (_, id) in due {
+            self.sched.requeue(id);
+        }
+    }
+
+    /// Failed-build cache and post-build hook for a job that just ended.
+    fn after_final(&mut self, id: JobId) {
+        let rec = &self.jobs[id as usize];
+        if let (Some(cache), Some(drv)) = (&self.cfg.failed_cache, &rec.eval.drv_path) {
+            match rec.status {
+                JobStatus::Failed if rec.attempts > 0 => {
+                    let log = rec.log_path.as_ref().map(|p| p.display().to_string());
+                    cache.record(drv, log.as_deref().unwrap_or("(no log)"));
+                }
+                JobStatus::Succeeded => cache.forget(drv),
+                _ => {}
+            }
+        }
+        if let Some(hook) = &self.cfg.post_build
+            && matches!(rec.status, JobStatus::Succeeded | JobStatus::Cached)
+        {
+            let hook = hook.clone();
+            let report = self.jobs[id as usize].to_report();
+            self.hooks
+                .spawn(async move { (id, hook.run(&report).await) });
+        }
+    }
+
+    async fn stop_batches(&mut self) {
+        let _ = self.stop_tx.send(true);
+        while !self.batches.is_empty() {
+            match self.exec_rx.recv().await {
+                Some(ExecEvent::Done { batch, .. }) => {
+                    self.batches.remove(&batch);
+                }
+                Some(ev @ ExecEvent::Finished { .. }) => self.on_exec(ev),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+}
+
+impl JobRec {
+    fn new(eval: EvalJob) -> Self {
+        JobRec {
+            eval,
+            status: JobStatus::Queued,
+            error: None,
+            failed_dependency: None,
+            attempts: 0,
+            started: None,
+            duration_ms: 0,
+            log_path: None,
+            post_build: Vec::new(),
+        }
+    }
+
+    fn to_report(&self) -> JobReport {
+        let status = match self.status {
+            JobStatus::Queued | JobStatus::Running => JobStatus::Cancelled,
+            s => s,
+        };
+        let log_path = self
+            .log_path
+            .as_ref()
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string());
+        JobReport {
+            attr: self.eval.attr.clone(),
+            system: self.eval.system.clone(),
+            drv_path: self.eval.drv_path.clone(),
+            outputs: self
+                .eval
+                .outputs
+                .clone()
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+            status,
+            error: self.error.clone(),
+            failed_dependency: self.failed_dependency.clone(),
+            attempts: self.attempts,
+            duration_ms: self.duration_ms,
+            log_path,
+            post_build: self.post_build.clone(),
+        }
+    }
+}

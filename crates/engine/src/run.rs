@@ -1,0 +1,193 @@
+//! One `kiln run`, as a library call: source → repository config →
+//! evaluation (streaming) → job graph → scheduling and batched builds →
+//! report. [`run`] is what the CLI, the tests and the benchmarks call.
+//!
+//! It owns the order of those steps, the choice of systems and the
+//! post-build hook point. It must not print (progress does, the CLI writes
+//! reports) or pick exit codes (the CLI does, from [`RunOutcome`]).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_nix::{Nix, NixError};
+use tokio::sync::{mpsc, watch};
+
+use crate::driver::{Driver, DriverConfig};
+use crate::eval::{self, EvalError, EvalRequest, EvalSummary};
+use crate::executor::ExecConfig;
+use crate::failed_cache::FailedCache;
+use crate::progress::{Mode, Progress};
+use crate::report::{JobReport, PostBuildResult, Report};
+use crate::source::{self, SourceError};
+
+/// A boxed future, as [`PostBuildHook::run`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Steps run on every job that built (or was cached): signing, uploads, …
+/// The report's `post_build` list of each job is what this returns.
+pub trait PostBuildHook: Send + Sync {
+    /// Run the post-build steps for one job.
+    fn run<'a>(&'a self, job: &'a JobReport) -> BoxFuture<'a, Vec<PostBuildResult>>;
+}
+
+/// Everything a run needs to know.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// FLAKE as given: a directory or a git URL.
+    pub flake: String,
+    /// Revision to check out.
+    pub rev: Option<String>,
+    /// Attribute to evaluate; `None` = the repository config's (`checks`).
+    pub attribute: Option<String>,
+    /// Systems to build; `None` = host system plus remote builders'.
+    pub systems: Option<Vec<String>>,
+    /// Build slots.
+    pub max_jobs: usize,
+    /// Evaluator processes; `None` = the evaluator's default.
+    pub eval_workers: Option<usize>,
+    /// Memory cap per evaluator in MiB; `None` = the evaluator's default.
+    pub eval_max_memory_mib: Option<u64>,
+    /// `--max-silent-time`.
+    pub max_silent_time: Option<Duration>,
+    /// `--timeout`.
+    pub timeout: Option<Duration>,
+    /// Directory for per-job logs.
+    pub log_dir: PathBuf,
+    /// Failed-build cache, when enabled.
+    pub failed_cache: Option<FailedCache>,
+    /// Post-build hook; `None` leaves every `post_build` list empty.
+    pub post_build: Option<Arc<dyn PostBuildHook>>,
+    /// Progress display on stderr.
+    pub progress: Mode,
+}
+
+impl RunOptions {
+    /// Options with the defaults for `flake`, logging into `log_dir`.
+    pub fn new(flake: impl Into<String>, log_dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            flake: flake.into(),
+            rev: None,
+            attribute: None,
+            systems: None,
+            max_jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            eval_workers: None,
+            eval_max_memory_mib: None,
+            max_silent_time: None,
+            timeout: None,
+            log_dir: log_dir.into(),
+            failed_cache: None,
+            post_build: None,
+            progress: Mode::Quiet,
+        }
+    }
+}
+
+/// A run that got as far as a report.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The report (unfinished jobs `cancelled` when interrupted).
+    pub report: Report,
+    /// Whether the run was cancelled.
+    pub interrupted: bool,
+    /// Evaluation totals, when evaluation finished.
+    pub eval: Option<EvalSummary>,
+}
+
+/// Why a run could not produce a report: bad usage, bad configuration or a
+/// missing prerequisite (`kiln run` exits 2 with this one line).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Nix is missing or broken.
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    /// FLAKE, `--rev` or `buildbot-nix.toml` is wrong.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The flake or the attribute could not be evaluated at all.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// A local file problem (log directory, report file).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An option is invalid.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Evaluate and build one flake; cancel by sending `true` on `cancel`.
+pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunOutcome, RunError> {
+    if opts.max_jobs == 0 {
+        return Err(RunError::Usage("--max-jobs must be at least 1".into()));
+    }
+    let nix = Nix::detect().await?;
+    let source = source::prepare(&nix, &opts.flake, opts.rev.as_deref()).await?;
+    let attribute = opts
+        .attribute
+        .clone()
+        .unwrap_or_else(|| source.config.attribute.clone());
+    let systems: HashSet<String> = match &opts.systems {
+        Some(s) => s.iter().cloned().collect(),
+        None => {
+            let mut s: HashSet<String> = nix.remote_builder_systems().await?.into_iter().collect();
+            s.insert(nix.current_system().await?);
+            s
+        }
+    };
+    std::fs::create_dir_all(&opts.log_dir).map_err(|source| RunError::Io {
+        what: format!("creating log directory {}", opts.log_dir.display()),
+        source,
+    })?;
+    let mut req = EvalRequest::new(source.flake_dir.clone(), attribute.clone());
+    if let Some(w) = opts.eval_workers {
+        req.workers = w.max(1);
+    }
+    if let Some(m) = opts.eval_max_memory_mib {
+        req.max_memory_mib = m;
+    }
+    req.reference_lock_file = source.reference_lock_file.clone();
+    let (tx, rx) = mpsc::channel(1024);
+    let eval_nix = nix.clone();
+    let eval_task = tokio::spawn(async move { eval::evaluate(&eval_nix, &req, tx).await });
+    let cfg = DriverConfig {
+        max_jobs: opts.max_jobs,
+        systems,
+        exec: Arc::new(ExecConfig {
+            max_silent_time: opts.max_silent_time,
+            timeout: opts.timeout,
+            log_dir: opts.log_dir.clone(),
+        }),
+        failed_cache: opts.failed_cache.clone(),
+        post_build: opts.post_build.clone(),
+    };
+    let driven = Driver::new(nix, cfg, Progress::new(opts.progress))
+        .drive(rx, eval_task, cancel)
+        .await;
+    let eval = match driven.eval {
+        Some(Err(e)) if !driven.cancelled => return Err(e.into()),
+        Some(Ok(s)) => Some(s),
+        _ => None,
+    };
+    let report = Report::new(
+        opts.flake.clone(),
+        source.rev.clone(),
+        attribute,
+        driven.jobs,
+    );
+    let mut progress = driven.progress;
+    progress.finish(&report, driven.cancelled);
+    Ok(RunOutcome {
+        report,
+        interrupted: driven.cancelled,
+        eval,
+    })
+}
