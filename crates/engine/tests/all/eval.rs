@@ -512,3 +512,69 @@ async fn nix_eval_jobs_streams_lines_as_they_come() {
     assert_eq!(second.attr, "x86_64-linux.broken");
     assert_eq!(eval.await.unwrap().unwrap().jobs, 2);
 }
+
+fn copy_example(name: &str, to: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name);
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(src.join("flake.nix"), to.join("flake.nix")).unwrap();
+}
+
+#[tokio::test]
+async fn the_examples_evaluate_as_documented() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_example("hello-flake", &dir.path().join("hello"));
+    let (summary, jobs) = run(&nix, &builtin(&dir.path().join("hello"), 2)).await;
+    assert_eq!(summary.unwrap().errors, 0);
+    assert_eq!(
+        jobs.keys().collect::<Vec<_>>(),
+        [
+            "x86_64-linux.count",
+            "x86_64-linux.greeting",
+            "x86_64-linux.independent",
+            "x86_64-linux.shout",
+            "x86_64-linux.summary",
+        ]
+    );
+    // shout and count share greeting; summary depends on both.
+    let drv = |a: &str| jobs[a].drv_path.clone().unwrap();
+    let graph = nix
+        .show_derivations(&[
+            drv("x86_64-linux.shout"),
+            drv("x86_64-linux.count"),
+            drv("x86_64-linux.summary"),
+        ])
+        .await
+        .unwrap();
+    for a in ["x86_64-linux.shout", "x86_64-linux.count"] {
+        assert!(
+            graph[&drv(a)]
+                .input_drvs
+                .contains_key(&drv("x86_64-linux.greeting"))
+        );
+    }
+    let summary_inputs = &graph[&drv("x86_64-linux.summary")].input_drvs;
+    assert!(summary_inputs.contains_key(&drv("x86_64-linux.shout")));
+    assert!(summary_inputs.contains_key(&drv("x86_64-linux.count")));
+
+    copy_example("failing-flake", &dir.path().join("failing"));
+    let (summary, jobs) = run(&nix, &builtin(&dir.path().join("failing"), 2)).await;
+    assert_eq!(summary.unwrap().errors, 3);
+    let errors: Vec<&str> = jobs
+        .values()
+        .filter(|j| j.error.is_some())
+        .map(|j| j.attr.as_str())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "x86_64-linux.aborted",
+            "x86_64-linux.missing",
+            "x86_64-linux.thrown"
+        ]
+    );
+    assert_eq!(jobs["aarch64-linux.foreign"].system, "aarch64-linux");
+    assert!(jobs["x86_64-linux.after-broken"].drv_path.is_some());
+}
