@@ -205,14 +205,47 @@ pub(super) fn whole_failure(req: &EvalRequest, message: String) -> EvalError {
     } else {
         EvalError::Flake {
             flake: req.flake_dir.display().to_string(),
-            message,
+            message: one_line(&message),
         }
+    }
+}
+
+/// Nix's first `error:` line plus its location, on one line, with the
+/// store copy of the source shown as a relative path:
+/// `syntax error, unexpected ';' at flake.nix:1:35`.
+pub fn one_line(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let Some(first) = lines.next() else {
+        return "nix failed without a message".into();
+    };
+    let first = first.strip_prefix("error:").unwrap_or(first).trim();
+    let at = lines
+        .find_map(|l| l.strip_prefix("at "))
+        .map(|l| l.trim_end_matches(':'))
+        .map(|l| match l.strip_prefix("/nix/store/") {
+            Some(rest) => rest.split_once('/').map_or(l, |(_, rel)| rel),
+            None => l,
+        });
+    match at {
+        Some(at) => format!("{first} at {at}"),
+        None => first.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_failures_fit_on_one_line() {
+        let m = "error: syntax error, unexpected ';'\n\n       at /nix/store/435q3ji2lgi61alz400nblq61799fafj-source/flake.nix:1:35:\n\n            1| { outputs = { self }: { checks = ; }; }\n             |                                   ^";
+        assert_eq!(
+            one_line(m),
+            "syntax error, unexpected ';' at flake.nix:1:35"
+        );
+        assert_eq!(one_line("error: boom\n"), "boom");
+        assert_eq!(one_line(""), "nix failed without a message");
+    }
 
     #[test]
     fn parses_recorded_lines() {

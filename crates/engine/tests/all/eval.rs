@@ -257,6 +257,8 @@ async fn whole_flake_failures_are_errors() {
     let e = r.unwrap_err();
     assert!(matches!(e, EvalError::Flake { .. }), "{e}");
     assert!(e.to_string().contains("syntax error"), "{e}");
+    assert!(e.to_string().contains("at flake.nix:1:"), "{e}");
+    assert_eq!(e.to_string().lines().count(), 1, "{e}");
 
     let (r, _) = run(&nix, &builtin(&dir.path().join("absent"), 1)).await;
     assert!(matches!(r.unwrap_err(), EvalError::Flake { .. }));
