@@ -89,6 +89,15 @@ impl EvalRequest {
         }
     }
 
+    /// A request for a prepared source: its flake directory, `attribute`
+    /// (else the repository's configured one) and its reference lock file.
+    pub fn for_source(source: &crate::source::Source, attribute: Option<&str>) -> Self {
+        let attribute = attribute.unwrap_or(&source.config.attribute);
+        let mut req = EvalRequest::new(&source.flake_dir, attribute);
+        req.reference_lock_file = source.reference_lock_file.clone();
+        req
+    }
+
     /// `<flake_dir>#<attribute>` as Nix sees it.
     pub fn installable(&self) -> String {
         format!("{}#{}", self.flake_dir.display(), self.attribute)

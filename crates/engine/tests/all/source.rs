@@ -90,6 +90,15 @@ async fn flake_dir_in_a_subdirectory_of_a_git_repo() {
     assert_eq!(s.flake_dir, repo.path().canonicalize().unwrap().join("nix"));
     assert_eq!(s.config.attribute, "hydraJobs");
     assert_eq!(job_names(&s.flake_dir, "hydraJobs").await, ["t.sub"]);
+    let req = EvalRequest::for_source(&s, None);
+    assert_eq!(
+        (req.flake_dir.as_path(), req.attribute.as_str()),
+        (s.flake_dir.as_path(), "hydraJobs")
+    );
+    assert_eq!(
+        EvalRequest::for_source(&s, Some("checks")).attribute,
+        "checks"
+    );
 }
 
 #[tokio::test]
