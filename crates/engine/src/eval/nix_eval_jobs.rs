@@ -116,7 +116,9 @@ pub async fn evaluate(
     tx: mpsc::Sender<EvalJob>,
 ) -> Result<EvalSummary, EvalError> {
     let mut cmd = plain_command(program);
-    cmd.arg("--workers")
+    cmd.args(["--option", "extra-experimental-features"])
+        .arg(kiln_nix::EXPERIMENTAL_FEATURES)
+        .arg("--workers")
         .arg(req.workers.max(1).to_string())
         .arg("--max-memory-size")
         .arg(req.max_memory_mib.max(1).to_string())
@@ -130,6 +132,7 @@ pub async fn evaluate(
     if let Some(lock) = &req.reference_lock_file {
         cmd.arg("--reference-lock-file").arg(lock);
     }
+    // `--flake` is a switch; the installable is the positional argument.
     cmd.arg("--flake").arg(req.installable());
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd

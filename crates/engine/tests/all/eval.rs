@@ -340,6 +340,11 @@ async fn nix_eval_jobs_lines_become_jobs() {
         &["--force-recurse"],
         &["--check-cache-status"],
         &["--flake", &flake_ref],
+        &[
+            "--option",
+            "extra-experimental-features",
+            "nix-command flakes",
+        ],
     ] {
         assert!(
             args.windows(want.len()).any(|w| w == want),
