@@ -285,6 +285,10 @@ async fn one_process(
                 }
                 if kind == Kind::Racing {
                     if ctx.claimed.lock().expect("not poisoned").contains(&msg.p) {
+                        if let Some(pid) = child.id() {
+                            // SAFETY: signalling our own child's process group.
+                            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+                        }
                         let _ = child.start_kill();
                         let _ = child.wait().await;
                         return Ok(Outcome::Stopped);

@@ -88,7 +88,7 @@ const MESSY: &str = r#"{
   checks.aarch64-linux.foreign = mk "aarch64-linux" "foreign" "echo > $out";
 }"#;
 
-fn builtin(dir: &Path, workers: usize) -> EvalRequest {
+pub fn builtin(dir: &Path, workers: usize) -> EvalRequest {
     let mut req = EvalRequest::new(dir, "checks");
     req.workers = workers;
     req.max_memory_mib = 2048;
@@ -277,7 +277,7 @@ fn stand_in(dir: &Path, lines: &str, exit: i32) -> PathBuf {
     program
 }
 
-const RECORDED: &str = r#"{"attr":"x86_64-linux.hello","attrPath":["x86_64-linux","hello"],"cacheStatus":"notBuilt","drvPath":"/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello.drv","isCached":false,"name":"hello","neededBuilds":["/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello.drv"],"neededSubstitutes":[],"outputs":{"out":"/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-hello"},"system":"x86_64-linux"}
+pub const RECORDED: &str = r#"{"attr":"x86_64-linux.hello","attrPath":["x86_64-linux","hello"],"cacheStatus":"notBuilt","drvPath":"/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello.drv","isCached":false,"name":"hello","neededBuilds":["/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-hello.drv"],"neededSubstitutes":[],"outputs":{"out":"/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-hello"},"system":"x86_64-linux"}
 {"attr":"x86_64-linux.local","attrPath":["x86_64-linux","local"],"cacheStatus":"local","drvPath":"/nix/store/2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c-local.drv","isCached":true,"name":"local","neededBuilds":[],"neededSubstitutes":[],"outputs":{"out":"/nix/store/3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d-local"},"system":"x86_64-linux"}
 {"attr":"x86_64-linux.cached","attrPath":["x86_64-linux","cached"],"cacheStatus":"cached","drvPath":"/nix/store/4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e-cached.drv","isCached":true,"name":"cached","neededBuilds":[],"neededSubstitutes":["/nix/store/5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f-cached"],"outputs":{"out":"/nix/store/5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f-cached"},"system":"x86_64-linux"}
 {"attr":"x86_64-linux.broken","attrPath":["x86_64-linux","broken"],"error":"error: attribute 'nope' missing\n\n       at /nix/store/6g6g-source/flake.nix:3:9:\n"}"#;
@@ -389,135 +389,6 @@ async fn an_attribute_over_the_memory_cap_fails_alone() {
         assert!(jobs["x86_64-linux.a"].drv_path.is_some());
         assert!(jobs["x86_64-linux.c"].drv_path.is_some());
     }
-}
-
-/// A stand-in `nix` for the built-in evaluator: invocation N records its
-/// arguments in `args.N` and runs `script.N` (recorded stderr, exit status).
-fn fake_nix(dir: &Path, scripts: &[&str]) -> Nix {
-    let main = "#!/bin/sh\nd=$(dirname \"$0\")\nn=$(cat \"$d/count\" 2>/dev/null || echo 0)\nn=$((n+1))\necho $n > \"$d/count\"\nprintf '%s\\n' \"$@\" > \"$d/args.$n\"\n. \"$d/script.$n\"\n";
-    std::fs::write(dir.join("nix"), main).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("nix"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for (i, s) in scripts.iter().enumerate() {
-        std::fs::write(dir.join(format!("script.{}", i + 1)), s).unwrap();
-    }
-    Nix::with_version(dir, kiln_nix::NixVersion::parse("nix (Nix) 2.8.0").unwrap())
-}
-
-fn trace_drv(path: &[&str]) -> String {
-    let name = path.last().unwrap();
-    format!(
-        r#"trace: kiln-eval {{"d":"/nix/store/00000000000000000000000000000000-{name}.drv","f":[],"k":"drv","o":{{"out":"/nix/store/11111111111111111111111111111111-{name}"}},"p":{},"s":"x86_64-linux"}}"#,
-        serde_json::to_string(path).unwrap()
-    )
-}
-
-#[tokio::test]
-async fn builtin_jobs_stream_before_evaluation_ends() {
-    let bin = tempfile::tempdir().unwrap();
-    let go = bin.path().join("go");
-    let script = format!(
-        "cat >&2 <<'EOF'\ntrace: kiln-eval {{\"k\":\"set\",\"n\":[\"a\",\"b\"],\"p\":[]}}\n{}\nEOF\nwhile [ ! -e '{}' ]; do sleep 0.01; done\necho '{}' >&2\necho 2\n",
-        trace_drv(&["a"]),
-        go.display(),
-        trace_drv(&["b"]),
-    );
-    let nix = fake_nix(bin.path(), &[&script]);
-    let flake = tempfile::tempdir().unwrap();
-    write_flake(flake.path(), "{ }");
-    let mut req = builtin(flake.path(), 1);
-    req.check_cache_status = false;
-    let (tx, mut rx) = mpsc::channel(4);
-    let eval = tokio::spawn(async move { evaluate(&nix, &req, tx).await });
-    let guard = std::time::Duration::from_secs(120);
-    let first = tokio::time::timeout(guard, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.attr, "a");
-    assert_eq!(
-        first.outputs["out"],
-        "/nix/store/11111111111111111111111111111111-a"
-    );
-    assert!(!eval.is_finished(), "evaluation waits for `go`");
-    std::fs::write(&go, "").unwrap();
-    let second = tokio::time::timeout(guard, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(second.attr, "b");
-    let summary = eval.await.unwrap().unwrap();
-    assert_eq!((summary.jobs, summary.processes), (2, 1));
-}
-
-#[tokio::test]
-async fn builtin_resumes_after_the_attribute_a_process_died_on() {
-    let bin = tempfile::tempdir().unwrap();
-    // 1st process: walks into x, finishes x.a, aborts on x.b.
-    let first = format!(
-        "cat >&2 <<'EOF'\ntrace: kiln-eval {{\"k\":\"set\",\"n\":[\"x\",\"y\"],\"p\":[]}}\ntrace: kiln-eval {{\"k\":\"set\",\"n\":[\"a\",\"b\",\"c\"],\"p\":[\"x\"]}}\n{}\ntrace: some user trace\nerror: evaluation aborted with the following error message: 'no b'\n(use '--show-trace' to show detailed location information)\nEOF\nexit 1\n",
-        trace_drv(&["x", "a"])
-    );
-    // 2nd process: resumes with x.c and y.
-    let second = format!(
-        "cat >&2 <<'EOF'\n{}\ntrace: kiln-eval {{\"k\":\"skip\",\"p\":[\"y\"]}}\nEOF\necho 1\n",
-        trace_drv(&["x", "c"])
-    );
-    let nix = fake_nix(bin.path(), &[&first, &second]);
-    let flake = tempfile::tempdir().unwrap();
-    write_flake(flake.path(), "{ }");
-    let mut req = builtin(flake.path(), 1);
-    req.check_cache_status = false;
-    let (summary, jobs) = run(&nix, &req).await;
-    let summary = summary.unwrap();
-    assert_eq!((summary.jobs, summary.errors, summary.processes), (3, 1, 2));
-    assert_eq!(jobs.keys().collect::<Vec<_>>(), ["x.a", "x.b", "x.c"]);
-    assert_eq!(
-        jobs["x.b"].error.as_deref(),
-        Some("error: evaluation aborted with the following error message: 'no b'")
-    );
-    let args = std::fs::read_to_string(bin.path().join("args.2")).unwrap();
-    assert!(args.contains(r#"roots = [ ["x" "c"] ["y"] ];"#), "{args}");
-    assert!(args.lines().any(|l| l.ends_with("#checks")), "{args}");
-    assert!(args.contains("--no-write-lock-file"));
-}
-
-#[tokio::test]
-async fn nix_eval_jobs_streams_lines_as_they_come() {
-    let nix = nix().await;
-    let bin = tempfile::tempdir().unwrap();
-    let go = bin.path().join("go");
-    let lines: Vec<&str> = RECORDED.lines().collect();
-    let program = bin.path().join("nix-eval-jobs");
-    let script = format!(
-        "#!/bin/sh\ncat <<'EOF'\n{}\nEOF\nwhile [ ! -e '{}' ]; do sleep 0.01; done\ncat <<'EOF'\n{}\nEOF\n",
-        lines[0],
-        go.display(),
-        lines[3]
-    );
-    std::fs::write(&program, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let flake = tempfile::tempdir().unwrap();
-    write_flake(flake.path(), "{ }");
-    let mut req = EvalRequest::new(flake.path(), "checks");
-    req.evaluator = EvaluatorChoice::NixEvalJobs(program);
-    let (tx, mut rx) = mpsc::channel(4);
-    let eval = tokio::spawn(async move { evaluate(&nix, &req, tx).await });
-    let guard = std::time::Duration::from_secs(120);
-    let first = tokio::time::timeout(guard, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.attr, "x86_64-linux.hello");
-    assert!(!eval.is_finished());
-    std::fs::write(&go, "").unwrap();
-    let second = tokio::time::timeout(guard, rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(second.attr, "x86_64-linux.broken");
-    assert_eq!(eval.await.unwrap().unwrap().jobs, 2);
 }
 
 fn copy_example(name: &str, to: &Path) {
