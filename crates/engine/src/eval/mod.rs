@@ -31,7 +31,8 @@ pub struct EvalRequest {
     pub attribute: String,
     /// Parallel evaluator processes (at least 1).
     pub workers: usize,
-    /// Memory cap per evaluator process in MiB (0: none).
+    /// Memory cap per evaluator process in MiB (0: none). nix-eval-jobs
+    /// restarts a worker above it; the built-in evaluator sets `RLIMIT_AS`.
     pub max_memory_mib: u64,
     /// Where to register GC roots for the evaluated derivations.
     pub gc_roots_dir: Option<PathBuf>,

@@ -120,9 +120,11 @@ pub async fn evaluate(
         .arg(kiln_nix::EXPERIMENTAL_FEATURES)
         .arg("--workers")
         .arg(req.workers.max(1).to_string())
-        .arg("--max-memory-size")
-        .arg(req.max_memory_mib.max(1).to_string())
         .arg("--force-recurse");
+    if req.max_memory_mib > 0 {
+        cmd.arg("--max-memory-size")
+            .arg(req.max_memory_mib.to_string());
+    }
     if req.check_cache_status {
         cmd.arg("--check-cache-status");
     }
