@@ -269,7 +269,7 @@ async fn one_process(
     let mut other: Vec<String> = Vec::new();
     let mut trusted = true;
     while let Ok(Some(line)) = lines.next_line().await {
-        if line.starts_with(MARKER)
+        if (line.starts_with(MARKER) || line.contains('\x1b'))
             && let Some(msg) = parse_trace(&line)
         {
             other.clear();

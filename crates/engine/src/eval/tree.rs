@@ -109,9 +109,32 @@ pub struct Message {
     pub o: std::collections::BTreeMap<String, String>,
 }
 
-/// Parse a stderr line of the walk; `None` for any other line.
+/// Parse a stderr line of the walk; `None` for any other line. Colour
+/// escapes (some Nix versions colour `trace:`) are ignored.
 pub fn parse_trace(line: &str) -> Option<Message> {
+    if line.contains('\x1b') {
+        return parse_trace(&strip_ansi(line));
+    }
     serde_json::from_str(line.strip_prefix(MARKER)?).ok()
+}
+
+/// `line` without ANSI CSI sequences (`ESC [ … final-byte`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 struct Frame {
@@ -271,6 +294,8 @@ mod tests {
         assert_eq!(m.d.as_deref(), Some("/nix/store/x.drv"));
         assert_eq!(m.o["out"], "/nix/store/x");
         assert!(parse_trace("trace: hello").is_none());
+        let coloured = "\x1b[35;1mtrace:\x1b[0m kiln-eval {\"k\":\"skip\",\"p\":[\"a\"]}";
+        assert_eq!(parse_trace(coloured).unwrap().k, "skip");
         assert!(parse_trace("error: boom").is_none());
     }
 }
