@@ -9,7 +9,7 @@
 //! costs O(V+E) plus the size of those frontiers. It must not run Nix or keep
 //! job state: the scheduler owns states, the caller feeds derivations in.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::scheduler::JobId;
 
@@ -25,10 +25,33 @@ struct Node {
     frontier: Option<Box<[JobId]>>,
 }
 
+/// The lookup key of a derivation: the 32-character hash part of a store
+/// path held inline (no pointer to chase), or the whole path otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Hash([u8; 32]),
+    Path(Box<str>),
+}
+
+fn key(path: &str) -> Key {
+    let base = path
+        .strip_prefix(kiln_nix::STORE_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+        .map(str::as_bytes);
+    match base {
+        Some(b) if b.len() > 33 && b[32] == b'-' && !b.contains(&b'/') => {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&b[..32]);
+            Key::Hash(k)
+        }
+        _ => Key::Path(path.into()),
+    }
+}
+
 /// Interned derivation graph with job markers.
 #[derive(Debug, Default)]
 pub struct DrvGraph {
-    index: HashMap<Box<str>, u32>,
+    index: FxHashMap<Key, u32>,
     paths: Vec<Box<str>>,
     nodes: Vec<Node>,
 }
@@ -49,14 +72,18 @@ impl DrvGraph {
         self.nodes.is_empty()
     }
 
+    fn lookup(&self, path: &str) -> Option<u32> {
+        self.index.get(&key(path)).copied()
+    }
+
     fn intern(&mut self, path: &str) -> u32 {
-        if let Some(&i) = self.index.get(path) {
+        let k = key(path);
+        if let Some(&i) = self.index.get(&k) {
             return i;
         }
         let i = self.nodes.len() as u32;
-        let boxed: Box<str> = path.into();
-        self.index.insert(boxed.clone(), i);
-        self.paths.push(boxed);
+        self.index.insert(k, i);
+        self.paths.push(path.into());
         self.nodes.push(Node {
             job: NO_JOB,
             ..Node::default()
@@ -66,9 +93,8 @@ impl DrvGraph {
 
     /// Whether `drv`'s inputs are already known.
     pub fn is_loaded(&self, drv: &str) -> bool {
-        self.index
-            .get(drv)
-            .is_some_and(|&i| self.nodes[i as usize].loaded)
+        self.lookup(drv)
+            .is_some_and(|i| self.nodes[i as usize].loaded)
     }
 
     /// Record `drv` and its input derivations (one entry of
@@ -79,6 +105,8 @@ impl DrvGraph {
             return;
         }
         self.nodes[n as usize].loaded = true;
+        let inputs = inputs.into_iter();
+        self.nodes[n as usize].inputs.reserve(inputs.size_hint().0);
         for input in inputs {
             let i = self.intern(input);
             self.nodes[n as usize].inputs.push(i);
@@ -155,7 +183,11 @@ impl DrvGraph {
     /// the memoised frontiers on the way (they now miss `n`'s job).
     fn jobs_above(&mut self, n: u32) -> Vec<JobId> {
         let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::from([n]);
+        if self.nodes[n as usize].users.is_empty() {
+            return out;
+        }
+        let mut seen = FxHashSet::default();
+        seen.insert(n);
         let mut stack: Vec<u32> = self.nodes[n as usize].users.clone();
         while let Some(u) = stack.pop() {
             if !seen.insert(u) {
@@ -178,12 +210,9 @@ impl DrvGraph {
     /// (excluding `drv` itself), for naming the failing dependency of a job
     /// that Nix refused to build.
     pub fn failed_input(&self, drv: &str, failed: &[String]) -> Option<String> {
-        let &start = self.index.get(drv)?;
-        let targets: Vec<u32> = failed
-            .iter()
-            .filter_map(|f| self.index.get(f.as_str()).copied())
-            .collect();
-        let mut seen = std::collections::HashSet::new();
+        let start = self.lookup(drv)?;
+        let targets: Vec<u32> = failed.iter().filter_map(|f| self.lookup(f)).collect();
+        let mut seen = FxHashSet::default();
         let mut stack = self.nodes[start as usize].inputs.clone();
         while let Some(v) = stack.pop() {
             if !seen.insert(v) {
@@ -199,7 +228,7 @@ impl DrvGraph {
 
     /// The job attached to `drv`, if any.
     pub fn job_of(&self, drv: &str) -> Option<JobId> {
-        let &i = self.index.get(drv)?;
+        let i = self.lookup(drv)?;
         let j = self.nodes[i as usize].job;
         (j != NO_JOB).then_some(j)
     }
