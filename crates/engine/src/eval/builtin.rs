@@ -126,7 +126,10 @@ async fn run(ctx: Arc<Ctx>) -> Result<(), EvalError> {
         let sent = ctx.sent.lock().expect("not poisoned");
         leaves.into_iter().filter(|p| !sent.contains(p)).collect()
     };
-    if !split_pays(remaining.len(), workers, load, window, progress) {
+    // More evaluating processes than cores never pays.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = workers.min(cores);
+    if workers < 2 || !split_pays(remaining.len(), workers, load, window, progress) {
         return racing.await.map(|_| ());
     }
     // The racing walk goes on in traversal order with the first slice; the
