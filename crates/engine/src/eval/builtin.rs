@@ -126,9 +126,9 @@ async fn run(ctx: Arc<Ctx>) -> Result<(), EvalError> {
         let sent = ctx.sent.lock().expect("not poisoned");
         leaves.into_iter().filter(|p| !sent.contains(p)).collect()
     };
-    // More evaluating processes than cores never pays.
+    // More evaluating processes than cores never pays (two run already).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = workers.min(cores);
+    let workers = workers.min(cores.max(2));
     if workers < 2 || !split_pays(remaining.len(), workers, load, window, progress) {
         return racing.await.map(|_| ());
     }
