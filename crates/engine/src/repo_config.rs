@@ -126,7 +126,10 @@ impl RepoConfig {
             ("lock_file", &config.lock_file),
         ] {
             check_relative(value).map_err(|reason| RepoConfigError::Escapes {
-                file: file.to_string(),
+                file: match key_line(text, key) {
+                    Some(line) => format!("{file}:{line}"),
+                    None => file.to_string(),
+                },
                 key,
                 value: value.clone(),
                 reason,
@@ -171,6 +174,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
     (line, column)
+}
+
+/// The 1-based line where top-level `key` is assigned.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 fn check_relative(value: &str) -> Result<(), String> {
