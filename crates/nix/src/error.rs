@@ -78,6 +78,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_missing_nix_is_one_actionable_line() {
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(crate::find_in(empty.path().as_os_str(), "nix"), None);
+        let msg = NixError::NotFound.to_string();
+        assert_eq!(msg.lines().count(), 1);
+        assert!(msg.contains("PATH") && msg.contains("install"), "{msg}");
+    }
+
+    #[test]
     fn keeps_the_error_text_only() {
         let s = "warning: Git tree is dirty\ntrace: hi\nerror: boom b\n(use '--show-trace' to show detailed location information)\n";
         assert_eq!(error_message(s), "error: boom b");
