@@ -136,6 +136,9 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
             }
         }
     };
+    // Canonical, so that `flake_dir` (resolved through symlinks) stays a
+    // prefix-comparable path below it.
+    let root = root.canonicalize().unwrap_or(root);
     let rev = git_head(&root).await;
     let config = RepoConfig::load(&root)?;
     let mut flake_dir = config.resolve_flake_dir(&root)?;
