@@ -13,7 +13,6 @@ mod error;
 mod path_info;
 mod process;
 mod serve;
-mod store_ops;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
