@@ -3,7 +3,12 @@
 //!
 //! This crate is the command line and the glue between the pipeline
 //! (`kiln-engine`), the Nix adapter (`kiln-nix`) and the plugin runtime
-//! (`kiln-runtime`). It holds no pipeline logic of its own.
+//! (`kiln-runtime`): the operator's `kiln.toml` ([`config`]), the plugin host
+//! ([`plugins`]) and the store backend plugins see ([`store`]). It holds no
+//! pipeline logic of its own.
 
 pub mod builtin;
 pub mod cli;
+pub mod config;
+pub mod plugins;
+pub mod store;

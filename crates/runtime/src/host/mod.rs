@@ -1,0 +1,169 @@
+//! The store data of one plugin call and the host side of every imported
+//! interface.
+//!
+//! Each submodule implements one WIT interface and checks the grant on every
+//! call through [`crate::grant::Grant::check`]. WASI is configured with
+//! nothing: no preopened directories, no environment, no arguments, no
+//! sockets, no name lookups; stdout and stderr go to capped in-memory pipes.
+//! Outgoing HTTP is filtered per request by host name.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings;
+use crate::context::CallContext;
+use crate::grant::{Denied, Limits};
+
+mod files;
+mod http;
+mod kv;
+mod log;
+mod secrets;
+pub mod store;
+
+/// The `T` of every `Store<T>` Kiln creates for a plugin call.
+pub struct HostState {
+    pub(crate) ctx: CallContext,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: http::Hooks,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+    /// Capabilities the plugin tried to use without a grant, for the
+    /// failure message.
+    pub(crate) denials: Arc<Mutex<Vec<String>>>,
+}
+
+impl HostState {
+    /// Fresh state for one call.
+    pub fn new(ctx: CallContext, limits: &Limits) -> Self {
+        let cap = usize::try_from(limits.output_kib.saturating_mul(1024)).unwrap_or(usize::MAX);
+        let stdout = MemoryOutputPipe::new(cap);
+        let stderr = MemoryOutputPipe::new(cap);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let denials = Arc::new(Mutex::new(Vec::new()));
+        let hooks = http::Hooks::new(ctx.grant.clone(), ctx.log.clone(), denials.clone());
+        HostState {
+            ctx,
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(limits.memory_bytes()),
+            stdout,
+            stderr,
+            denials,
+        }
+    }
+
+    /// Record and log a denial, returning the WIT error for the guest.
+    pub(crate) fn denied(&self, d: Denied) -> bindings::types::HostError {
+        let msg = format!(
+            "{d} (plugin `{}`, project `{}`)",
+            self.ctx.plugin, self.ctx.project
+        );
+        self.ctx.log.push(
+            crate::context::Level::Error,
+            format!("[kiln] denied: {msg}"),
+        );
+        self.denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(d.0.clone());
+        bindings::types::HostError {
+            kind: bindings::types::HostErrorKind::Denied,
+            message: msg,
+        }
+    }
+}
+
+pub(crate) fn host_error(
+    kind: bindings::types::HostErrorKind,
+    message: impl Into<String>,
+) -> bindings::types::HostError {
+    bindings::types::HostError {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Caps linear memory and tables; remembers when the cap was hit so the
+/// failure names it.
+pub(crate) struct Limiter {
+    memory_cap: usize,
+    pub(crate) memory_exceeded: Option<usize>,
+}
+
+impl Limiter {
+    fn new(memory_cap: usize) -> Self {
+        Limiter {
+            memory_cap,
+            memory_exceeded: None,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_exceeded = Some(desired);
+            wasmtime::bail!(
+                "memory cap exceeded: the plugin tried to grow its memory to {} MiB; its cap is {} MiB",
+                desired >> 20,
+                self.memory_cap >> 20
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl bindings::types::Host for HostState {}
+impl bindings::post_build_types::Host for HostState {}
+impl bindings::forge::kiln::plugin::forge_types::Host for HostState {}
+impl bindings::authz::kiln::plugin::authz_types::Host for HostState {}

@@ -1,0 +1,7 @@
+//! Integration tests of the `kiln` crate, one binary (see STYLE.md).
+
+mod common;
+mod plugin_cache;
+mod plugin_check;
+mod plugin_hostile;
+mod plugin_sign;
