@@ -81,6 +81,8 @@ pub struct Driver {
     batches: HashMap<u64, usize>,
     next_batch: u64,
     retries: Vec<(Instant, JobId)>,
+    eval_running: bool,
+    held: Vec<JobId>,
     exec_tx: mpsc::UnboundedSender<ExecEvent>,
     exec_rx: mpsc::UnboundedReceiver<ExecEvent>,
     stop_tx: watch::Sender<bool>,
@@ -103,6 +105,8 @@ impl Driver {
             batches: HashMap::new(),
             next_batch: 0,
             retries: Vec::new(),
+            eval_running: true,
+            held: Vec::new(),
             exec_tx,
             exec_rx,
             stop_tx,
@@ -141,6 +145,18 @@ impl Driver {
                     let res = res.unwrap_or(Err(EvalError::Cancelled));
                     let failed = res.is_err();
                     eval_result = Some(res);
+                    // Drain jobs still buffered, then stop holding any back.
+                    let mut rest = Vec::new();
+                    while let Ok(j) = eval_rx.try_recv() {
+                        rest.push(j);
+                    }
+                    if !rest.is_empty() {
+                        self.ingest(rest).await;
+                    }
+                    self.eval_running = false;
+                    for id in std::mem::take(&mut self.held) {
+                        self.sched.release(id);
+                    }
                     self.sched.finish_graph();
                     if failed {
                         // A whole-flake failure: stop building, report it.
@@ -230,6 +246,7 @@ impl Driver {
                         self.graph
                             .add_derivation(path, d.input_drvs.keys().map(String::as_str));
                     }
+                    self.mark_built(&drvs).await;
                 }
                 Err(e) => tracing::warn!("reading the derivation graph failed: {e}"),
             }
@@ -246,6 +263,24 @@ impl Driver {
         };
         for job in batch {
             self.add(job, &valid);
+        }
+    }
+
+    /// Note which derivations of a closure are already built, so that jobs
+    /// waiting for nothing but not-yet-evaluated jobs can be told apart.
+    async fn mark_built(&mut self, drvs: &HashMap<String, kiln_nix::Derivation>) {
+        let outputs: Vec<String> = drvs
+            .values()
+            .flat_map(|d| d.outputs.values().flatten().cloned())
+            .collect();
+        let Ok(valid) = self.nix.valid_paths(&outputs).await else {
+            return;
+        };
+        for (path, d) in drvs {
+            let outs: Vec<&String> = d.outputs.values().flatten().collect();
+            if !outs.is_empty() && outs.iter().all(|o| valid.contains(*o)) {
+                self.graph.mark_built(path);
+            }
         }
     }
 
@@ -321,6 +356,16 @@ impl Driver {
                 self.sched.add_dependency(a, id, &mut failed);
             }
             self.collect_dependency_failures(&mut failed);
+            // Something it needs is unbuilt and not a job: while evaluation
+            // runs, that may be a job still to come; wait rather than build
+            // it anonymously inside this job's batch.
+            if self.eval_running
+                && final_status.is_none()
+                && self.graph.has_unbuilt_input(&drv)
+                && self.sched.hold(id)
+            {
+                self.held.push(id);
+            }
         }
         if let Some(status) = final_status {
             self.progress

@@ -221,6 +221,7 @@ pub async fn run_batch(
                 }
             }
             _ = tick.tick() => {
+                b.flush_logs();
                 if let Some(overrun) = b.overrun() {
                     proc.kill_group(Duration::from_secs(2)).await;
                     b.resolve(overrun, JobStatus::TimedOut, Some(b.overrun_message()), Instant::now());
@@ -408,6 +409,15 @@ impl Batch {
                 };
                 self.resolve(i, status, None, ended);
             }
+        }
+    }
+
+    fn flush_logs(&mut self) {
+        for log in self.entries.iter_mut().filter_map(|e| e.log.as_mut()) {
+            log.flush();
+        }
+        for log in self.others.values_mut() {
+            log.flush();
         }
     }
 

@@ -21,6 +21,8 @@ struct Node {
     users: Vec<u32>,
     job: u32,
     loaded: bool,
+    /// Its outputs are valid: nothing below it needs building.
+    built: bool,
     /// Nearest jobs at or below this non-job node, once computed.
     frontier: Option<Box<[JobId]>>,
 }
@@ -226,6 +228,26 @@ impl DrvGraph {
         None
     }
 
+    /// Record that `drv`'s outputs are valid.
+    pub fn mark_built(&mut self, drv: &str) {
+        if let Some(i) = self.lookup(drv) {
+            self.nodes[i as usize].built = true;
+        }
+    }
+
+    /// Whether `drv` has an input derivation that still needs building and
+    /// is not (yet) a job: while evaluation runs it may become one. Direct
+    /// inputs suffice: a built input needs nothing below it, and a job input
+    /// is scheduled (and checked) on its own.
+    pub fn has_unbuilt_input(&self, drv: &str) -> bool {
+        self.lookup(drv).is_some_and(|i| {
+            self.nodes[i as usize].inputs.iter().any(|&v| {
+                let n = &self.nodes[v as usize];
+                n.job == NO_JOB && !n.built
+            })
+        })
+    }
+
     /// The job attached to `drv`, if any.
     pub fn job_of(&self, drv: &str) -> Option<JobId> {
         let i = self.lookup(drv)?;
@@ -264,6 +286,19 @@ mod tests {
         assert_eq!(g.attach_job("leaf", 1), (vec![], vec![0]));
         // `b` arrives last and sees `leaf` through the shared node.
         assert_eq!(g.attach_job("b", 2), (vec![1], vec![]));
+    }
+
+    #[test]
+    fn unbuilt_inputs_that_are_not_jobs_are_reported() {
+        let mut g = DrvGraph::new();
+        g.add_derivation("a", ["stdenv", "pending"]);
+        g.add_derivation("stdenv", []);
+        g.add_derivation("pending", []);
+        g.mark_built("stdenv");
+        g.attach_job("a", 0);
+        assert!(g.has_unbuilt_input("a"));
+        g.attach_job("pending", 1);
+        assert!(!g.has_unbuilt_input("a"));
     }
 
     #[test]

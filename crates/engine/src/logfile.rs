@@ -77,6 +77,12 @@ impl CappedLog {
         }
     }
 
+    /// Push what was written so far to the file, so the log can be
+    /// followed while the build runs.
+    pub fn flush(&mut self) {
+        let _ = self.file.flush();
+    }
+
     /// Write the tail (and the cut marker) and flush.
     pub fn finish(mut self) -> io::Result<()> {
         if self.cut_lines > 0 {

@@ -172,6 +172,35 @@ impl Scheduler {
         }
     }
 
+    /// Keep a not-yet-dispatched job from becoming ready until
+    /// [`Scheduler::release`] (used while evaluation may still reveal one of
+    /// its dependencies as a job). Returns whether it was held.
+    pub fn hold(&mut self, job: JobId) -> bool {
+        let s = &mut self.slots[job as usize];
+        match s.state {
+            State::Ready => {
+                s.state = State::Waiting;
+                self.ready -= 1;
+            }
+            State::Waiting => {}
+            State::Dispatched | State::Final => return false,
+        }
+        self.slots[job as usize].pending += 1;
+        true
+    }
+
+    /// Undo one [`Scheduler::hold`].
+    pub fn release(&mut self, job: JobId) {
+        let s = &mut self.slots[job as usize];
+        if s.state != State::Waiting || s.pending == 0 {
+            return;
+        }
+        s.pending -= 1;
+        if s.pending == 0 {
+            self.make_ready(job);
+        }
+    }
+
     fn link(&mut self, job: JobId, dep: JobId) {
         let d = self.slots[dep as usize];
         let h = self.slots[job as usize].height + 1;

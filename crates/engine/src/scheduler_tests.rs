@@ -124,3 +124,21 @@ fn a_late_failed_dependency_fails_the_whole_chain() {
     assert_eq!(s.ready(), 0);
     assert_eq!(s.unfinished(), 0);
 }
+
+#[test]
+fn held_jobs_wait_for_release_and_for_their_dependencies() {
+    let mut s = Scheduler::new();
+    let a = s.add_job(0, &[]);
+    let b = s.add_job(0, &[]);
+    assert!(s.hold(b));
+    assert_eq!(drain(&mut s, 0), [a]);
+    s.release(b);
+    assert_eq!(drain(&mut s, 0), [b]);
+    assert!(!s.hold(b), "dispatched jobs cannot be held");
+    let c = s.add_job(0, &[a]);
+    s.hold(c);
+    s.complete(a, JobStatus::Succeeded, &mut vec![]);
+    assert_eq!(s.ready(), 0);
+    s.release(c);
+    assert_eq!(drain(&mut s, 0), [c]);
+}

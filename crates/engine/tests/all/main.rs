@@ -3,4 +3,5 @@
 mod eval;
 mod eval_replay;
 mod repo_config;
+mod run;
 mod source;
