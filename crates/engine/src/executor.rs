@@ -129,6 +129,8 @@ struct Batch {
     by_drv: HashMap<String, usize>,
     others: HashMap<String, CappedLog>,
     failed_drvs: Vec<String>,
+    /// When Nix's "done" counter went up, one entry per build.
+    done_times: Vec<Instant>,
     last_error: Option<String>,
     transient: Option<String>,
     tx: mpsc::UnboundedSender<ExecEvent>,
@@ -166,6 +168,7 @@ pub async fn run_batch(
             .collect(),
         others: HashMap::new(),
         failed_drvs: Vec::new(),
+        done_times: Vec::new(),
         last_error: None,
         transient: None,
         tx,
@@ -205,6 +208,8 @@ pub async fn run_batch(
                 for ev in events {
                     if let BuildEvent::Progress(p) = &ev {
                         if p.done > done_seen {
+                            let now = Instant::now();
+                            b.done_times.extend((done_seen..p.done).map(|_| now));
                             done_seen = p.done;
                             check_due.get_or_insert_with(Instant::now);
                         }
@@ -402,12 +407,19 @@ impl Batch {
         for &i in candidates {
             let e = &self.entries[i];
             if !e.job.outputs.is_empty() && e.job.outputs.iter().all(|o| valid.contains(o)) {
-                let status = if e.started.is_some() {
-                    JobStatus::Succeeded
-                } else {
-                    JobStatus::Cached
+                let (status, end) = match e.started {
+                    // It ended at the first "one more done" after its start.
+                    Some(started) => (
+                        JobStatus::Succeeded,
+                        self.done_times
+                            .iter()
+                            .copied()
+                            .find(|&t| t >= started)
+                            .unwrap_or(ended),
+                    ),
+                    None => (JobStatus::Cached, ended),
                 };
-                self.resolve(i, status, None, ended);
+                self.resolve(i, status, None, end);
             }
         }
     }
