@@ -116,7 +116,7 @@ impl StoreBackend for NixStore {
                 store_path: info.path.clone(),
                 url: NarInfo::nar_url(&nar_hash, "none"),
                 compression: "none".into(),
-                file_hash: nar_hash.clone(),
+                file_hash: nar_hash,
                 file_size: info.nar_size,
                 nar_hash,
                 nar_size: info.nar_size,

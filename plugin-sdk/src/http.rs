@@ -193,7 +193,9 @@ pub fn send(request: Request) -> Result<Response, HttpError> {
         .body()
         .map_err(|()| HttpError::Failed("no request body".into()))?;
     let future = outgoing_handler::handle(outgoing, None).map_err(failed)?;
-    {
+    // An empty body is only finished: writing or flushing it can race a
+    // server that answers and closes the connection first.
+    if !request.body.is_empty() {
         let mut stream = body
             .write()
             .map_err(|()| HttpError::Failed("request body not writable".into()))?;

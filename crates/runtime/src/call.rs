@@ -234,6 +234,19 @@ pub(crate) fn plugin_error(e: PluginError) -> CallError {
 /// Move stdout/stderr into the log and append denials to a failure.
 pub(crate) fn finish<T>(store: Store<HostState>, result: Result<T, CallError>) -> Called<T> {
     let state = store.into_data();
+    let capped = state.stdout.contents().len() >= state.output_cap
+        || state.stderr.contents().len() >= state.output_cap;
+    let result = match result {
+        // A plugin that hit the output cap fails even if it ignored the
+        // closed stream and returned normally.
+        Ok(_) | Err(CallError::Failed(_)) | Err(CallError::Trap { .. }) if capped => {
+            Err(CallError::OutputCap {
+                plugin: state.ctx.plugin.clone(),
+                cap_kib: state.output_cap_kib,
+            })
+        }
+        other => other,
+    };
     for (level, pipe) in [
         (Level::Stdout, &state.stdout),
         (Level::Stderr, &state.stderr),

@@ -183,10 +183,13 @@ impl LogSink {
     }
 }
 
+/// (plugin, key) → (value, expiry).
+type KvMap = HashMap<(String, String), (Vec<u8>, Option<Instant>)>;
+
 /// A per-plugin key-value cache with expiry, shared across calls.
 #[derive(Default)]
 pub struct KvStore {
-    map: Mutex<HashMap<(String, String), (Vec<u8>, Option<Instant>)>>,
+    map: Mutex<KvMap>,
 }
 
 /// Largest key, bytes.

@@ -230,10 +230,8 @@ fn host_matches(pattern: &str, host: &str, port: Option<u16>) -> bool {
         }
         _ => (pattern, None),
     };
-    if let Some(want) = pat_port {
-        if port != Some(want) {
-            return false;
-        }
+    if pat_port.is_some() && port != pat_port {
+        return false;
     }
     let host = host.trim_end_matches('.');
     if let Some(suffix) = pat_host.strip_prefix("*.") {

@@ -53,7 +53,7 @@ impl WasiHttpHooks for Hooks {
             self.denials
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(d.0);
+                .push(d.to_string());
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         _ = fut;

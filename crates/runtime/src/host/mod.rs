@@ -36,6 +36,9 @@ pub struct HostState {
     pub(crate) limiter: Limiter,
     pub(crate) stdout: MemoryOutputPipe,
     pub(crate) stderr: MemoryOutputPipe,
+    /// Capacity of each of stdout and stderr, bytes.
+    pub(crate) output_cap: usize,
+    pub(crate) output_cap_kib: u64,
     /// Capabilities the plugin tried to use without a grant, for the
     /// failure message.
     pub(crate) denials: Arc<Mutex<Vec<String>>>,
@@ -65,6 +68,8 @@ impl HostState {
             limiter: Limiter::new(limits.memory_bytes()),
             stdout,
             stderr,
+            output_cap: cap,
+            output_cap_kib: limits.output_kib,
             denials,
         }
     }
@@ -82,7 +87,7 @@ impl HostState {
         self.denials
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(d.0.clone());
+            .push(d.to_string());
         bindings::types::HostError {
             kind: bindings::types::HostErrorKind::Denied,
             message: msg,

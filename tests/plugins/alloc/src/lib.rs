@@ -25,7 +25,8 @@ impl PostBuild for Alloc {
     fn run(_build: BuildInfo, config: Config) -> Result<StepOutcome, PluginError> {
         let mib: usize = config.get_parsed("mib")?.unwrap_or(4096);
         let mut blocks: Vec<Vec<u8>> = Vec::new();
-        for _ in 0..(mib << 20).div_ceil(BLOCK) {
+        // Count blocks in MiB: `mib << 20` overflows a 32-bit usize.
+        for _ in 0..mib.div_ceil(BLOCK >> 20) {
             let mut block = vec![0u8; BLOCK];
             for page in block.iter_mut().step_by(4096) {
                 *page = 1;
