@@ -402,14 +402,16 @@ impl Driver {
             let Some(system) = self.sched.systems_with_ready_jobs().next() else {
                 return;
             };
+            // Take the free slots' share of the ready work, not all of it: a
+            // batch builds at most `slots` jobs at a time, so a batch holding
+            // everything would leave slots freed elsewhere idle.
+            let share = self.sched.ready() * free;
+            let take = share.div_ceil(self.cfg.max_jobs).clamp(1, BATCH_CAP);
             let mut ids = Vec::new();
-            self.sched.pop_batch(system, BATCH_CAP, &mut ids);
+            self.sched.pop_batch(system, take, &mut ids);
             if ids.is_empty() {
-                // Only stale heap entries were left for this system.
-                self.sched.pop_batch(system, 0, &mut ids);
-                if self.sched.ready() == 0 {
-                    return;
-                }
+                // Only stale heap entries were left for this system (now
+                // dropped); look again.
                 continue;
             }
             let slots = free.min(ids.len());
