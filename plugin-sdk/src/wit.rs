@@ -3,6 +3,12 @@
 //! are generated once (with the post-build world) and mapped into the others
 //! with `with`, so a type such as `PluginInfo` is one Rust type everywhere.
 //!
+//! Each world's export macro carries that world's full type section; the
+//! library keeps only import sections, so `wit-component` drops every
+//! function import a plugin does not call. What remains in every plugin are
+//! the type-only interfaces (`types`, `*-types`): they hold no functions and
+//! need nothing in the host's linker.
+//!
 //! Plugin authors never name anything here; the rest of the SDK wraps it.
 //! This module must hold nothing but generation.
 
