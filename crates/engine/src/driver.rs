@@ -31,6 +31,8 @@ use crate::scheduler::{JobId, Scheduler, SystemId};
 const MAX_ATTEMPTS: u32 = 3;
 /// Largest batch handed to one Nix process.
 const BATCH_CAP: usize = 256;
+/// Below this, a batch takes what is ready rather than a share.
+const MIN_BATCH: usize = 8;
 
 /// Per-run settings the driver needs.
 pub struct DriverConfig {
@@ -78,7 +80,8 @@ pub struct Driver {
     sched: Scheduler,
     graph: DrvGraph,
     systems: Vec<String>,
-    batches: HashMap<u64, usize>,
+    /// Running batches: (slots in use, jobs without a result yet).
+    batches: HashMap<u64, (usize, usize)>,
     next_batch: u64,
     retries: Vec<(Instant, JobId)>,
     eval_running: bool,
@@ -394,7 +397,7 @@ impl Driver {
 
     fn dispatch(&mut self) {
         loop {
-            let used: usize = self.batches.values().sum();
+            let used: usize = self.batches.values().map(|b| b.0).sum();
             let free = self.cfg.max_jobs.saturating_sub(used);
             if free == 0 {
                 return;
@@ -402,11 +405,15 @@ impl Driver {
             let Some(system) = self.sched.systems_with_ready_jobs().next() else {
                 return;
             };
-            // Take the free slots' share of the ready work, not all of it: a
-            // batch builds at most `slots` jobs at a time, so a batch holding
-            // everything would leave slots freed elsewhere idle.
-            let share = self.sched.ready() * free;
-            let take = share.div_ceil(self.cfg.max_jobs).clamp(1, BATCH_CAP);
+            // Take the free slots' share of all outstanding work (ready jobs
+            // plus those still in running batches), not everything: a batch
+            // builds at most `slots` jobs at a time, so one holding all the
+            // work would leave slots freed elsewhere idle. Small remainders
+            // go whole, a batch costs a Nix start-up.
+            let running: usize = self.batches.values().map(|b| b.1).sum();
+            let outstanding = self.sched.ready() + running;
+            let share = (outstanding * free).div_ceil(self.cfg.max_jobs);
+            let take = share.max(MIN_BATCH).clamp(1, BATCH_CAP);
             let mut ids = Vec::new();
             self.sched.pop_batch(system, take, &mut ids);
             if ids.is_empty() {
@@ -415,6 +422,13 @@ impl Driver {
                 continue;
             }
             let slots = free.min(ids.len());
+            tracing::debug!(
+                batch = self.next_batch,
+                jobs = ids.len(),
+                slots,
+                ready = self.sched.ready(),
+                "dispatching a batch"
+            );
             let batch = self.next_batch;
             self.next_batch += 1;
             let jobs: Vec<BatchJob> = ids
@@ -431,7 +445,7 @@ impl Driver {
                     }
                 })
                 .collect();
-            self.batches.insert(batch, slots);
+            self.batches.insert(batch, (slots, ids.len()));
             tokio::spawn(executor::run_batch(
                 self.nix.clone(),
                 batch,
@@ -453,10 +467,13 @@ impl Driver {
             }
             ExecEvent::Slots { batch, in_use } => {
                 if let Some(s) = self.batches.get_mut(&batch) {
-                    *s = in_use;
+                    s.0 = in_use;
                 }
             }
-            ExecEvent::Finished { job, result, .. } => {
+            ExecEvent::Finished { batch, job, result } => {
+                if let Some(b) = self.batches.get_mut(&batch) {
+                    b.1 = b.1.saturating_sub(1);
+                }
                 let rec = &mut self.jobs[job as usize];
                 rec.duration_ms = result.started.map_or(0, |s| {
                     result.ended.saturating_duration_since(s).as_millis() as u64
