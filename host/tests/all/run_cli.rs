@@ -66,7 +66,12 @@ fn success_exits_0_with_the_report_on_stdout_and_in_a_file() {
     flake(&f, r#"ok = mk "ok" "echo fine; echo > $out";"#);
     let report = dir.path().join("report.json");
     let out = kiln(
-        &[f.to_str().unwrap(), "--json", "--report", report.to_str().unwrap()],
+        &[
+            f.to_str().unwrap(),
+            "--json",
+            "--report",
+            report.to_str().unwrap(),
+        ],
         &dir.path().join("logs"),
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -92,7 +97,12 @@ fn a_failing_check_exits_1_and_junit_names_it() {
     );
     let junit = dir.path().join("junit.xml");
     let out = kiln(
-        &[f.to_str().unwrap(), "--json", "--junit", junit.to_str().unwrap()],
+        &[
+            f.to_str().unwrap(),
+            "--json",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
         &dir.path().join("logs"),
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -100,7 +110,10 @@ fn a_failing_check_exits_1_and_junit_names_it() {
     assert_eq!(r["summary"]["failed"], 1);
     assert_eq!(r["summary"]["succeeded"], 1);
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains("x86_64-linux.bad") && xml.contains("<failure"), "{xml}");
+    assert!(
+        xml.contains("x86_64-linux.bad") && xml.contains("<failure"),
+        "{xml}"
+    );
     // The summary table names the failure with the end of its log.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("it-broke"), "{stderr}");
@@ -112,7 +125,13 @@ fn unsupported_systems_alone_exit_0() {
     let f = dir.path().join("f");
     flake(&f, r#"ok = mk "ok" "echo > $out";"#);
     let out = Command::new(KILN)
-        .args(["run", f.to_str().unwrap(), "--json", "--systems", "riscv64-linux"])
+        .args([
+            "run",
+            f.to_str().unwrap(),
+            "--json",
+            "--systems",
+            "riscv64-linux",
+        ])
         .arg("--log-dir")
         .arg(dir.path().join("logs"))
         .output()
@@ -124,8 +143,14 @@ fn unsupported_systems_alone_exit_0() {
 fn assert_exit_2(out: &Output, needle: &str) {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let reason = stderr.lines().rfind(|l| l.starts_with("kiln run:")).unwrap_or("");
-    assert!(reason.contains(needle), "reason {reason:?} lacks {needle:?}: {stderr}");
+    let reason = stderr
+        .lines()
+        .rfind(|l| l.starts_with("kiln run:"))
+        .unwrap_or("");
+    assert!(
+        reason.contains(needle),
+        "reason {reason:?} lacks {needle:?}: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "no report on bad input");
 }
 
@@ -134,14 +159,26 @@ fn bad_input_exits_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     let missing = dir.path().join("missing");
-    assert_exit_2(&kiln(&[missing.to_str().unwrap(), "--json"], &logs), "missing");
+    assert_exit_2(
+        &kiln(&[missing.to_str().unwrap(), "--json"], &logs),
+        "missing",
+    );
 
     let f = dir.path().join("f");
     flake(&f, r#"ok = mk "ok" "echo > $out";"#);
     let p = f.to_str().unwrap();
-    assert_exit_2(&kiln(&[p, "--json", "--attribute", "nothere"], &logs), "nothere");
-    assert_exit_2(&kiln(&[p, "--json", "--config", "/nonexistent/kiln.toml"], &logs), "kiln.toml");
-    assert_exit_2(&kiln(&[p, "--json", "--max-jobs", "0"], &logs), "--max-jobs");
+    assert_exit_2(
+        &kiln(&[p, "--json", "--attribute", "nothere"], &logs),
+        "nothere",
+    );
+    assert_exit_2(
+        &kiln(&[p, "--json", "--config", "/nonexistent/kiln.toml"], &logs),
+        "kiln.toml",
+    );
+    assert_exit_2(
+        &kiln(&[p, "--json", "--max-jobs", "0"], &logs),
+        "--max-jobs",
+    );
 
     std::fs::write(f.join("buildbot-nix.toml"), "atribute = \"checks\"\n").unwrap();
     assert_exit_2(&kiln(&[p, "--json"], &logs), "atribute");
@@ -196,4 +233,64 @@ fn sigint_exits_130_after_writing_the_report_with_the_rest_cancelled() {
         .unwrap();
     assert_eq!(spin["status"], "cancelled");
     assert!(r["summary"]["cancelled"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_lost_daemon_connection_is_retried_not_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    flake(&f, r#"ok = mk "ok" "echo > $out";"#);
+    // Shims: the first `nix-store --realise` dies as if the daemon went
+    // away; everything else is the real Nix.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = |p: &str| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|d| d.join(p))
+            .find(|c| c.is_file())
+            .unwrap_or_else(|| panic!("{p} on PATH"))
+    };
+    let marker = dir.path().join("died-once");
+    let scripts = [
+        (
+            "nix",
+            format!("#!/bin/sh\nexec {} \"$@\"\n", real("nix").display()),
+        ),
+        (
+            "nix-store",
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = --realise ] && [ ! -e {m} ]; then : > {m}; echo 'error: unexpected end-of-file' >&2; exit 1; fi\nexec {} \"$@\"\n",
+                real("nix-store").display(),
+                m = marker.display()
+            ),
+        ),
+    ];
+    for (name, text) in scripts {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = std::env::join_paths(
+        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let out = Command::new(KILN)
+        .args([
+            "run",
+            f.to_str().unwrap(),
+            "--json",
+            "--systems",
+            "x86_64-linux",
+        ])
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(marker.exists(), "the shim failed the first batch");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r = json(&out);
+    assert_eq!(r["jobs"][0]["status"], "succeeded");
+    assert_eq!(r["jobs"][0]["attempts"], 2);
 }
