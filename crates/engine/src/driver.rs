@@ -7,7 +7,7 @@
 //! It must not parse Nix output (the executor and `kiln-nix` do) or format
 //! anything for the user beyond calling [`crate::progress`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,10 @@ use crate::progress::Progress;
 use crate::report::{JobReport, PostBuildResult};
 use crate::run::PostBuildHook;
 use crate::scheduler::{JobId, Scheduler, SystemId};
+
+mod record;
+
+use record::JobRec;
 
 /// Attempts for a job whose batch died of a transient failure.
 const MAX_ATTEMPTS: u32 = 3;
@@ -46,18 +50,6 @@ pub struct DriverConfig {
     pub failed_cache: Option<FailedCache>,
     /// Post-build hook.
     pub post_build: Option<Arc<dyn PostBuildHook>>,
-}
-
-struct JobRec {
-    eval: EvalJob,
-    status: JobStatus,
-    error: Option<String>,
-    failed_dependency: Option<String>,
-    attempts: u32,
-    started: Option<Instant>,
-    duration_ms: u64,
-    log_path: Option<PathBuf>,
-    post_build: Vec<PostBuildResult>,
 }
 
 /// What a finished (or cancelled) drive produced.
@@ -214,6 +206,8 @@ impl Driver {
         for j in &self.jobs {
             match j.status {
                 JobStatus::Queued => c.queued += 1,
+                // Dispatched but not yet started by Nix counts as queued.
+                JobStatus::Running if j.started.is_none() => c.queued += 1,
                 JobStatus::Running => c.running += 1,
                 s if s.is_failure() => c.failed += 1,
                 _ => c.done += 1,
@@ -436,6 +430,7 @@ impl Driver {
                 .map(|&id| {
                     let rec = &mut self.jobs[id as usize];
                     rec.status = JobStatus::Running;
+                    rec.started = None;
                     rec.attempts += 1;
                     BatchJob {
                         job: id,
@@ -579,52 +574,6 @@ impl Driver {
                 Some(_) => {}
                 None => break,
             }
-        }
-    }
-}
-
-impl JobRec {
-    fn new(eval: EvalJob) -> Self {
-        JobRec {
-            eval,
-            status: JobStatus::Queued,
-            error: None,
-            failed_dependency: None,
-            attempts: 0,
-            started: None,
-            duration_ms: 0,
-            log_path: None,
-            post_build: Vec::new(),
-        }
-    }
-
-    fn to_report(&self) -> JobReport {
-        let status = match self.status {
-            JobStatus::Queued | JobStatus::Running => JobStatus::Cancelled,
-            s => s,
-        };
-        let log_path = self
-            .log_path
-            .as_ref()
-            .filter(|p| p.exists())
-            .map(|p| p.display().to_string());
-        JobReport {
-            attr: self.eval.attr.clone(),
-            system: self.eval.system.clone(),
-            drv_path: self.eval.drv_path.clone(),
-            outputs: self
-                .eval
-                .outputs
-                .clone()
-                .into_iter()
-                .collect::<BTreeMap<_, _>>(),
-            status,
-            error: self.error.clone(),
-            failed_dependency: self.failed_dependency.clone(),
-            attempts: self.attempts,
-            duration_ms: self.duration_ms,
-            log_path,
-            post_build: self.post_build.clone(),
         }
     }
 }

@@ -47,9 +47,9 @@ impl Mode {
 pub struct Counts {
     /// All jobs known so far.
     pub total: usize,
-    /// Waiting.
+    /// Waiting (for dependencies, a slot, or Nix to start them).
     pub queued: usize,
-    /// Building.
+    /// Being built by Nix now.
     pub running: usize,
     /// Finished without failure.
     pub done: usize,
