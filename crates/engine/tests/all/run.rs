@@ -495,3 +495,32 @@ async fn the_post_build_hook_fills_post_build_for_built_jobs_only() {
     );
     assert!(by["x86_64-linux.bad"].post_build.is_empty());
 }
+
+#[tokio::test]
+async fn a_chatty_check_past_its_timeout_is_timed_out_with_a_capped_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let flake = dir.path().join("flake");
+    write_flake(
+        &flake,
+        r#"{
+      checks.x86_64-linux.chatty = mk "chatty" "echo first-line; i=0; while :; do i=$((i+1)); echo line-$i-padding-padding-padding-padding-padding; done" [ ];
+    }"#,
+    );
+    let mut o = options(&flake, &dir.path().join("logs"));
+    o.timeout = Some(std::time::Duration::from_secs(3));
+    let r = go(o).await;
+    let j = jobs(&r)["x86_64-linux.chatty"].clone();
+    assert_eq!(j.status, JobStatus::TimedOut, "{j:?}");
+    assert!(j.error.as_deref().unwrap().contains("timed out"), "{j:?}");
+    let log = log_of(&j);
+    assert!(log.starts_with("first-line\n"), "the head is kept");
+    let cap = kiln_engine::logfile::HEAD_BYTES + kiln_engine::logfile::TAIL_BYTES + 4096;
+    assert!(
+        log.len() <= cap,
+        "log of {} bytes exceeds the cap",
+        log.len()
+    );
+    if log.len() > kiln_engine::logfile::HEAD_BYTES + kiln_engine::logfile::TAIL_BYTES / 2 {
+        assert!(log.contains("[kiln: "), "a cut log says so");
+    }
+}
