@@ -483,7 +483,9 @@ impl Driver {
                         None => d,
                     });
                     let rec = &mut self.jobs[job as usize];
-                    rec.error = name.as_ref().map(|n| format!("dependency {n} failed"));
+                    if let Some(n) = &name {
+                        rec.error = Some(format!("dependency {n} failed"));
+                    }
                     rec.failed_dependency = name;
                 }
                 let mut failed = Vec::new();
