@@ -66,7 +66,8 @@ pub struct RunArgs {
     /// rebuilding (buildbot-nix's cacheFailedBuilds).
     #[arg(long)]
     pub cache_failed_builds: bool,
-    /// With --cache-failed-builds: rebuild derivations that failed before.
+    /// Rebuild derivations that failed before (with --cache-failed-builds,
+    /// failures are still recorded).
     #[arg(long)]
     pub rebuild_failed: bool,
     /// Operator configuration (kiln.toml); checked to exist, used by later
@@ -88,9 +89,6 @@ impl RunArgs {
         }
         if self.max_jobs == Some(0) {
             return Err("--max-jobs must be at least 1".into());
-        }
-        if self.rebuild_failed && !self.cache_failed_builds {
-            return Err("--rebuild-failed only makes sense with --cache-failed-builds".into());
         }
         let log_dir = self.log_dir.clone().unwrap_or_else(|| {
             let secs = std::time::SystemTime::now()
@@ -178,4 +176,65 @@ fn usage_error(message: &str) -> ExitCode {
     let one_line = message.lines().next().unwrap_or(message);
     eprintln!("kiln run: {one_line}");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("kiln-run").chain(args.iter().copied()))
+            .unwrap()
+            .run
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let a = parse(&[]);
+        assert_eq!(a.flake, ".");
+        assert!(!a.json && a.report.is_none() && a.systems.is_none());
+        let a = parse(&[
+            "./f",
+            "--systems",
+            "x86_64-linux,aarch64-linux",
+            "-j",
+            "3",
+            "--max-silent-time",
+            "7",
+            "--eval-max-memory-size",
+            "512",
+            "--log-dir",
+            "/tmp/l",
+        ]);
+        let o = a.options().unwrap();
+        assert_eq!(o.flake, "./f");
+        assert_eq!(
+            o.systems.as_deref(),
+            Some(&["x86_64-linux".to_string(), "aarch64-linux".to_string()][..])
+        );
+        assert_eq!(o.max_jobs, 3);
+        assert_eq!(o.max_silent_time, Some(Duration::from_secs(7)));
+        assert_eq!(o.eval_max_memory_mib, Some(512));
+        assert_eq!(o.log_dir, PathBuf::from("/tmp/l"));
+        assert!(o.failed_cache.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_values_with_a_reason() {
+        let e = parse(&["--config", "/nonexistent/kiln.toml"])
+            .options()
+            .unwrap_err();
+        assert!(e.contains("/nonexistent/kiln.toml"), "{e}");
+        let e = parse(&["--max-jobs", "0"]).options().unwrap_err();
+        assert!(e.contains("--max-jobs"), "{e}");
+        assert!(Cli::try_parse_from(["kiln-run", "--timeout", "soon"]).is_err());
+    }
 }

@@ -65,6 +65,20 @@ pub struct RunOptions {
     pub progress: Mode,
 }
 
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("flake", &self.flake)
+            .field("rev", &self.rev)
+            .field("attribute", &self.attribute)
+            .field("systems", &self.systems)
+            .field("max_jobs", &self.max_jobs)
+            .field("log_dir", &self.log_dir)
+            .field("post_build", &self.post_build.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl RunOptions {
     /// Options with the defaults for `flake`, logging into `log_dir`.
     pub fn new(flake: impl Into<String>, log_dir: impl Into<PathBuf>) -> Self {
