@@ -13,6 +13,7 @@ mod error;
 mod path_info;
 mod process;
 mod serve;
+mod store_ops;
 mod version;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
