@@ -78,6 +78,7 @@ pub struct Driver {
     retries: Vec<(Instant, JobId)>,
     eval_running: bool,
     held: Vec<JobId>,
+    next_system: SystemId,
     exec_tx: mpsc::UnboundedSender<ExecEvent>,
     exec_rx: mpsc::UnboundedReceiver<ExecEvent>,
     stop_tx: watch::Sender<bool>,
@@ -102,6 +103,7 @@ impl Driver {
             retries: Vec::new(),
             eval_running: true,
             held: Vec::new(),
+            next_system: 0,
             exec_tx,
             exec_rx,
             stop_tx,
@@ -396,9 +398,17 @@ impl Driver {
             if free == 0 {
                 return;
             }
-            let Some(system) = self.sched.systems_with_ready_jobs().next() else {
+            // Round-robin over systems with ready work, so that one system's
+            // long queue does not starve another's.
+            let ready: Vec<SystemId> = self.sched.systems_with_ready_jobs().collect();
+            let Some(&system) = ready
+                .iter()
+                .find(|&&s| s >= self.next_system)
+                .or(ready.first())
+            else {
                 return;
             };
+            self.next_system = system.wrapping_add(1);
             // Take the free slots' share of all outstanding work (ready jobs
             // plus those still in running batches), not everything: a batch
             // builds at most `slots` jobs at a time, so one holding all the
