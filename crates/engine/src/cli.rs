@@ -140,8 +140,13 @@ pub fn main(args: RunArgs) -> ExitCode {
         let (cancel_tx, cancel_rx) = watch::channel(false);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("kiln: interrupted; stopping builds and writing the report");
+                eprintln!(
+                    "kiln: interrupted; stopping builds and writing the report (Ctrl-C again to quit at once)"
+                );
                 let _ = cancel_tx.send(true);
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
             }
         });
         let outcome = match run(opts, cancel_rx).await {
