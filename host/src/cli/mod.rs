@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod plugin;
 
 /// Kiln: CI for Nix flakes.
@@ -20,6 +21,9 @@ struct Cli {
 enum Command {
     /// Evaluate and build one flake's checks locally, as CI would, and exit.
     Run(Box<kiln_engine::cli::RunArgs>),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Inspect, test and scaffold plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => kiln_engine::cli::main(*args),
         Command::Plugin(cmd) => plugin::main(cmd),
+        Command::Bench(cmd) => bench::main(cmd),
     }
 }
 

@@ -5,3 +5,4 @@ mod plugin_cache;
 mod plugin_check;
 mod plugin_hostile;
 mod plugin_sign;
+mod run_cli;
