@@ -116,7 +116,7 @@ impl KilnConfig {
         let config: KilnConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(1);
             ConfigError::Parse {
                 path: path.to_owned(),
@@ -131,6 +131,24 @@ impl KilnConfig {
                     message: format!("[secrets.{name}] needs exactly one of `file` or `env`"),
                 });
             }
+        }
+        let base = config.plugins.limits;
+        if base.memory_mib == 0 || base.memory_mib > kiln_runtime::engine::MAX_MEMORY_MIB {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "[plugins.limits] memory_mib = {} must be between 1 and {}",
+                    base.memory_mib,
+                    kiln_runtime::engine::MAX_MEMORY_MIB
+                ),
+            });
+        }
+        if base.cpu_ms == 0 || base.timeout_secs == 0 || base.output_kib == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: "[plugins.limits] cpu_ms, timeout_secs and output_kib must be above 0"
+                    .to_owned(),
+            });
         }
         for (plugin, grant) in &config.grants {
             for secret in &grant.secrets {
@@ -160,16 +178,23 @@ impl KilnConfig {
         Ok(config)
     }
 
-    /// The compile cache directory to use.
-    pub fn cache_dir(&self) -> PathBuf {
+    /// The compile cache directory to use: `[plugins] cache_dir`, else
+    /// `$XDG_CACHE_HOME/kiln/wasm` or `~/.cache/kiln/wasm`; `None` (compile
+    /// every time) when neither is set, rather than a shared temporary
+    /// directory another user could prepare.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
         if let Some(dir) = &self.plugins.cache_dir {
-            return dir.clone();
+            return Some(dir.clone());
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("kiln/wasm")
+        let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
+        std::env::var_os("XDG_CACHE_HOME")
+            .and_then(non_empty)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .and_then(non_empty)
+                    .map(|h| h.join(".cache"))
+            })
+            .map(|base| base.join("kiln/wasm"))
     }
 
     /// The secrets provider for these settings.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kiln_nix::Nix;
 use kiln_runtime::bindings::post_build_types::{BuildInfo, PathSignatures, StepOutcome};
 use kiln_runtime::context::{KvStore, LogLine, LogSink, NoStore, SecretProvider, StoreBackend};
+use kiln_runtime::host::store::is_signature;
 use kiln_runtime::registry::Registry;
 use kiln_runtime::{CallContext, CallError, CompileCache, Grant, Limits, Plugin, Runtime};
 
@@ -47,12 +48,13 @@ impl PluginHost {
     /// Start: open the compile cache, load built-in plugins and scan the
     /// plugin directory. `nix` may be absent for commands that need no store.
     pub async fn start(config: KilnConfig, nix: Option<Nix>) -> anyhow::Result<Self> {
-        let cache = match CompileCache::open(&config.cache_dir()) {
-            Ok(c) => c,
-            Err(e) => {
+        let cache = match config.cache_dir().map(|d| CompileCache::open(&d)) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "compile cache unavailable; compiling every plugin at start");
                 CompileCache::disabled()
             }
+            None => CompileCache::disabled(),
         };
         let runtime = Arc::new(
             Runtime::new(cache)
@@ -110,11 +112,24 @@ impl PluginHost {
             kv: self.kv.clone(),
             log,
         };
-        let called = self
+        let mut called = self
             .registry
             .runtime()
             .run_post_build(plugin, build, &config.to_vec(), ctx, limits)
             .await;
+        if let Ok(outcome) = &called.result {
+            let bad = outcome
+                .signatures
+                .iter()
+                .flat_map(|p| &p.signatures)
+                .find(|s| !is_signature(s));
+            if let Some(bad) = bad {
+                called.result = Err(CallError::Failed(format!(
+                    "plugin `{}` returned a malformed signature {bad:?}; expected `name:base64`",
+                    plugin.info.name
+                )));
+            }
+        }
         let mut store_warning = None;
         let signatures = match &called.result {
             Ok(outcome) => {

@@ -1,9 +1,8 @@
 //! Outgoing HTTP over `wasi:http`, blocking: build a [`Request`], call
 //! [`send`], get a [`Response`] with the whole body read.
 //!
-//! The host links `wasi:http` only for plugins granted at least one host and
-//! checks every request's host against the grant, so a request to any other
-//! host fails with [`HttpError::Failed`] carrying the host's error code. This
+//! The host checks every request's host against the operator's grant before
+//! connecting, so a request to a host that is not granted fails with [`HttpError::Failed`] carrying the host's error code. This
 //! module must stay a thin, dependency-free client: no retries, no
 //! redirects, no cookies (a plugin that needs them builds them on top).
 

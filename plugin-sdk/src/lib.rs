@@ -5,7 +5,7 @@
 //! unit struct, and name that struct in the world's export macro. Host
 //! capabilities are plain functions: [`log`], [`secrets`], [`store`],
 //! [`files`], [`kv`] and [`http`]. A plugin imports only what it calls, and
-//! the operator's grant decides what the host links, so ask for every
+//! the operator's grant decides which calls succeed, so ask for every
 //! capability you use in `describe`.
 //!
 //! ```no_run

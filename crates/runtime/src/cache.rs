@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8; 8] = b"KILNCWC1";
+const MAGIC: &[u8; 8] = b"KILNCWC2";
 
 /// Where a component came from on a load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,11 @@ impl CompileCache {
             meta.uid()
         );
         if meta.mode() & 0o077 != 0 {
+            // Someone else may have been able to plant entries: trust none.
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            for entry in fs::read_dir(dir)?.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
         }
         Ok(CompileCache {
             dir: Some(dir.to_owned()),
@@ -77,10 +81,8 @@ impl CompileCache {
     /// The cache file for `bytes` on `engine`.
     pub fn entry_path(&self, engine: &Engine, bytes: &[u8]) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        let mut h = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
         let content = hex::encode(Sha256::digest(bytes));
-        Some(dir.join(format!("{content}-{:016x}.cwasm", h.finish())))
+        Some(dir.join(format!("{content}-{:016x}.cwasm", compat_hash(engine))))
     }
 
     /// Load `bytes` as a component, from the cache when a valid entry exists.
@@ -94,7 +96,8 @@ impl CompileCache {
         };
         let existed = match fs::read(&path) {
             Ok(data) => {
-                if let Some(payload) = verify(&data) {
+                let key = key_of(engine, bytes);
+                if let Some(payload) = verify(&data, &key) {
                     // SAFETY: the entry is in a 0700 directory owned by us,
                     // was written by `store` below from `Component::serialize`
                     // on an engine with the same compatibility hash, and its
@@ -110,7 +113,7 @@ impl CompileCache {
             Err(_) => false,
         };
         let component = Component::new(engine, bytes)?;
-        if let Err(e) = store(&path, &component.serialize()?) {
+        if let Err(e) = store(&path, &key_of(engine, bytes), &component.serialize()?) {
             tracing::warn!(path = %path.display(), error = %e, "could not write compile-cache entry");
         }
         Ok((
@@ -124,8 +127,25 @@ impl CompileCache {
     }
 }
 
-fn verify(data: &[u8]) -> Option<&[u8]> {
+fn compat_hash(engine: &Engine) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.finish()
+}
+
+/// What an entry must be for: the component's SHA-256 and the engine's
+/// compatibility hash (40 bytes), checked before the payload is used.
+fn key_of(engine: &Engine, bytes: &[u8]) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(&Sha256::digest(bytes));
+    key[32..].copy_from_slice(&compat_hash(engine).to_le_bytes());
+    key
+}
+
+/// Entry layout: magic, key (40), SHA-256 of payload (32), payload.
+fn verify<'a>(data: &'a [u8], key: &[u8; 40]) -> Option<&'a [u8]> {
     let rest = data.strip_prefix(MAGIC.as_slice())?;
+    let rest = rest.strip_prefix(key.as_slice())?;
     if rest.len() < 32 {
         return None;
     }
@@ -133,15 +153,16 @@ fn verify(data: &[u8]) -> Option<&[u8]> {
     (Sha256::digest(payload).as_slice() == sum).then_some(payload)
 }
 
-fn store(path: &Path, payload: &[u8]) -> std::io::Result<()> {
+fn store(path: &Path, key: &[u8; 40], payload: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(MAGIC)?;
+    f.write_all(key)?;
     f.write_all(&Sha256::digest(payload))?;
     f.write_all(payload)?;
     f.sync_all()?;
@@ -153,15 +174,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verify_rejects_bad_checksums() {
+    fn verify_rejects_bad_checksums_and_other_keys() {
+        let key = [7u8; 40];
         let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&key);
         data.extend_from_slice(&Sha256::digest(b"payload"));
         data.extend_from_slice(b"payload");
-        assert_eq!(verify(&data), Some(&b"payload"[..]));
+        assert_eq!(verify(&data, &key), Some(&b"payload"[..]));
+        assert_eq!(
+            verify(&data, &[8u8; 40]),
+            None,
+            "an entry for another component was accepted"
+        );
         let last = data.len() - 1;
         data[last] ^= 1;
-        assert_eq!(verify(&data), None);
-        assert_eq!(verify(b"KILNCWC1short"), None);
-        assert_eq!(verify(b"garbage"), None);
+        assert_eq!(verify(&data, &key), None);
+        assert_eq!(verify(b"KILNCWC1short", &key), None);
+        assert_eq!(verify(b"garbage", &key), None);
     }
 }

@@ -144,6 +144,8 @@ impl Runtime {
             return self.wrong_world(plugin, "post-build", &ctx);
         };
         let mut store = self.new_store(ctx, &limits);
+        // Store operations may only name paths in the job's closure.
+        store.data_mut().store_roots = Some(build.outputs.iter().map(|o| o.path.clone()).collect());
         let outcome = tokio::time::timeout(limits.timeout(), async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_run(&mut store, build, config).await
@@ -326,5 +328,49 @@ pub(crate) fn classify(
     CallError::Host {
         plugin,
         message: format!("{err:#}"),
+    }
+}
+
+impl Runtime {
+    /// The baseline for the per-call benchmark: `calls` calls of `run` on
+    /// one live instance (no store or instantiation per call). Returns the
+    /// time of each call.
+    pub async fn time_calls_on_live_instance(
+        &self,
+        plugin: &Plugin,
+        build: &BuildInfo,
+        config: &Config,
+        ctx: CallContext,
+        calls: usize,
+    ) -> Result<Vec<std::time::Duration>, CallError> {
+        let WorldPre::PostBuild(pre) = &plugin.pre else {
+            return Err(CallError::WrongWorld {
+                plugin: plugin.info.name.clone(),
+                actual: plugin.info.world.as_str(),
+                wanted: "post-build",
+            });
+        };
+        let limits = Limits {
+            cpu_ms: u64::MAX / 2,
+            ..Limits::default()
+        };
+        let mut store = self.new_store(ctx, &limits);
+        let name = &plugin.info.name;
+        let host = |e: wasmtime::Error| CallError::Host {
+            plugin: name.clone(),
+            message: format!("{e:#}"),
+        };
+        let instance = pre.instantiate_async(&mut store).await.map_err(host)?;
+        let mut times = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let start = std::time::Instant::now();
+            instance
+                .call_run(&mut store, build, config)
+                .await
+                .map_err(host)?
+                .map_err(plugin_error)?;
+            times.push(start.elapsed());
+        }
+        Ok(times)
     }
 }

@@ -198,6 +198,8 @@ pub const KV_MAX_KEY: usize = 512;
 pub const KV_MAX_VALUE: usize = 256 * 1024;
 /// Most keys per plugin.
 pub const KV_MAX_KEYS: usize = 4096;
+/// Most bytes (keys and values) per plugin.
+pub const KV_MAX_BYTES: usize = 16 << 20;
 
 impl KvStore {
     /// The live value of `key` for `plugin`.
@@ -238,8 +240,21 @@ impl KvStore {
         let now = Instant::now();
         map.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
         let k = (plugin.to_owned(), key.to_owned());
-        if !map.contains_key(&k) && map.keys().filter(|(p, _)| p == plugin).count() >= KV_MAX_KEYS {
+        let (mut keys, mut bytes) = (0, 0);
+        for ((p, key), (v, _)) in map.iter() {
+            if p == plugin && *key != k.1 {
+                keys += 1;
+                bytes += key.len() + v.len();
+            }
+        }
+        if keys >= KV_MAX_KEYS {
             return Err(format!("the plugin already has {KV_MAX_KEYS} keys"));
+        }
+        if bytes + k.1.len() + value.len() > KV_MAX_BYTES {
+            return Err(format!(
+                "the plugin's key-value cache would exceed {} MiB",
+                KV_MAX_BYTES >> 20
+            ));
         }
         map.insert(k, (value, ttl.map(|t| now + t)));
         Ok(())

@@ -307,7 +307,11 @@ mod tests {
         assert!(g.covers_project("nix-community/buildbot-nix"));
         assert!(g.covers_project("me/repo"));
         assert!(!g.covers_project("me/other"));
-        assert!(Grant::default().covers_project("anything"));
+        // A grant written in kiln.toml without `projects` covers every
+        // project; an empty grant built in code covers none.
+        let parsed: Grant = toml::from_str("kv = true").unwrap();
+        assert!(parsed.covers_project("anything"));
+        assert!(!Grant::default().covers_project("anything"));
     }
 
     #[test]

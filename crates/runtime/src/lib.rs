@@ -35,6 +35,9 @@ pub use plugin::{LoadError, Plugin, PluginInfo, World};
 use crate::host::HostState;
 use crate::plugin::WorldPre;
 
+/// The largest component Kiln compiles.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
 /// The plugin runtime. One per process.
 pub struct Runtime {
     pub(crate) engine: Engine,
@@ -88,6 +91,16 @@ impl Runtime {
     /// `origin` names it in messages (a path, or `builtin:<name>`).
     pub async fn load(&self, origin: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
         plugin::check_header(origin, bytes)?;
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(LoadError::Compile {
+                origin: origin.to_owned(),
+                message: format!(
+                    "{} bytes is more than the {} MiB a plugin may be",
+                    bytes.len(),
+                    MAX_COMPONENT_BYTES >> 20
+                ),
+            });
+        }
         let (component, cache) =
             self.cache
                 .load(&self.engine, bytes)

@@ -121,6 +121,22 @@ impl Registry {
                 st.from_dir.remove(&old);
             }
             match result {
+                Ok(plugin)
+                    if st.seen.iter().any(|(p, (_, _, n))| {
+                        *p != path && n.as_deref() == Some(plugin.info.name.as_str())
+                    }) =>
+                {
+                    let error = format!(
+                        "another file in the plugin directory already provides a plugin named `{}`; remove one of them",
+                        plugin.info.name
+                    );
+                    tracing::warn!(path = %path.display(), %error, "plugin refused");
+                    st.failures.push(LoadFailure {
+                        path: path.clone(),
+                        error,
+                    });
+                    st.seen.insert(path, (mtime, len, None));
+                }
                 Ok(plugin) => {
                     let name = plugin.info.name.clone();
                     tracing::info!(plugin = %name, path = %path.display(), "plugin loaded");

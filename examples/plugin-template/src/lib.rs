@@ -10,7 +10,7 @@ struct Plugin;
 
 impl PostBuild for Plugin {
     /// What the plugin is and what it asks the operator for. Ask for every
-    /// capability you use: the host links only what is granted.
+    /// capability you use: the host allows only what the operator grants.
     fn describe() -> PluginInfo {
         PluginInfo::new(
             WorldKind::PostBuild,

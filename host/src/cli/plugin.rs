@@ -372,6 +372,12 @@ async fn run_inner(args: RunArgs) -> Result<ExitCode, String> {
         .directories
         .extend(dirs.into_iter().map(|(k, v)| (k, PathBuf::from(v))));
     grant.kv = grant.kv || plugin.info.requests.kv;
+    // Say what this run grants, since it is more than kiln.toml may.
+    eprintln!(
+        "kiln: this run grants `{}`: {}",
+        plugin.info.name,
+        grant_summary(&grant)
+    );
     if !secret_values.0.is_empty() {
         host.secrets = Arc::new(Layered(secret_values, host.secrets.clone()));
     }

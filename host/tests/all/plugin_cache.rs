@@ -30,7 +30,16 @@ async fn cache_hits_misses_and_repairs() {
         CacheOutcome::Hit
     );
 
-    // A changed component is a different entry, compiled afresh.
+    // A changed component (the same plugin with a custom section added) is
+    // a different entry, compiled afresh; so is another plugin.
+    let mut changed = sign.clone();
+    let name = b"kiln-test";
+    changed.extend_from_slice(&[0x00, (1 + name.len() + 3) as u8, name.len() as u8]);
+    changed.extend_from_slice(name);
+    changed.extend_from_slice(b"abc");
+    let reloaded = rt.load("sign-changed", &changed).await.unwrap();
+    assert_eq!(reloaded.cache, CacheOutcome::Miss);
+    assert_eq!(reloaded.info.name, "sign");
     assert_eq!(
         rt.load("noop", &noop).await.unwrap().cache,
         CacheOutcome::Miss
@@ -51,7 +60,7 @@ async fn cache_hits_misses_and_repairs() {
     );
 
     // A truncated entry too.
-    std::fs::write(&entry, b"KILNCWC1").unwrap();
+    std::fs::write(&entry, b"KILNCWC2").unwrap();
     assert_eq!(
         rt.load("sign", &sign).await.unwrap().cache,
         CacheOutcome::Replaced

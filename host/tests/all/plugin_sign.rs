@@ -131,8 +131,9 @@ async fn sign_matches_nix_store_sign_and_lands_in_the_store() {
         "signature not added to the local store"
     );
 
-    // Another key, another signature.
-    let (_f, key2) = generate_key(dir.path(), "kiln-test-2");
+    // Another key of the same name: another signature over the same
+    // fingerprint (so the difference is in the key, not the name).
+    let (_f, key2) = generate_key(dir.path(), "kiln-test-1");
     host.secrets = std::sync::Arc::new(kiln_runtime::context::StaticSecrets(
         [("signing-key".to_owned(), key2.into_bytes())].into(),
     ));
@@ -146,7 +147,7 @@ async fn sign_matches_nix_store_sign_and_lands_in_the_store() {
         )
         .await;
     let sig2 = &step2.result.unwrap().signatures[0].signatures[0];
-    assert!(sig2.starts_with("kiln-test-2:"));
+    assert!(sig2.starts_with("kiln-test-1:"));
     assert_ne!(sig2, &nix_sigs[0]);
 }
 

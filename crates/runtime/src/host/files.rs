@@ -48,6 +48,7 @@ impl Host for HostState {
 }
 
 fn write_inside(root: &Path, rel: &str, contents: &[u8]) -> Result<(), (HostErrorKind, String)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let rel_path = Path::new(rel);
     if rel.is_empty()
         || !rel_path
@@ -61,25 +62,55 @@ fn write_inside(root: &Path, rel: &str, contents: &[u8]) -> Result<(), (HostErro
     }
     let io = |e: std::io::Error| (HostErrorKind::Failed, format!("writing `{rel}`: {e}"));
     std::fs::create_dir_all(root).map_err(io)?;
-    let root = root.canonicalize().map_err(io)?;
-    let target: PathBuf = root.join(rel_path);
-    let parent = target.parent().unwrap_or(&root).to_owned();
-    std::fs::create_dir_all(&parent).map_err(io)?;
-    let real_parent = parent.canonicalize().map_err(io)?;
-    if !real_parent.starts_with(&root) {
-        return Err((
-            HostErrorKind::Denied,
-            format!("`{rel}` leaves the granted directory through a symlink"),
-        ));
-    }
-    let file_name = target
+    let mut dir: PathBuf = root.canonicalize().map_err(io)?;
+    let file_name = rel_path
         .file_name()
         .ok_or((HostErrorKind::Invalid, format!("`{rel}` names no file")))?;
-    let tmp = real_parent.join(format!(".{}.kiln-tmp", file_name.to_string_lossy()));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    // Walk down one component at a time, never through a symlink, creating
+    // directories only once the prefix is known to be a real directory.
+    if let Some(parent) = rel_path.parent() {
+        for part in parent.components() {
+            dir.push(part);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err((
+                        HostErrorKind::Denied,
+                        format!("`{rel}` passes through a symlink"),
+                    ));
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err((
+                        HostErrorKind::Invalid,
+                        format!("`{}` is not a directory", dir.display()),
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&dir).map_err(io)?
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
+    let target = dir.join(file_name);
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err((HostErrorKind::Denied, format!("`{rel}` is a symlink")));
+    }
+    let tmp = dir.join(format!(
+        ".{}.kiln-tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(contents).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, real_parent.join(file_name)).map_err(io)
+    std::fs::rename(&tmp, &target).map_err(io)
 }
 
 #[cfg(test)]
@@ -104,8 +135,21 @@ mod tests {
         }
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        let err = write_inside(dir.path(), "link/x", b"").unwrap_err();
-        assert_eq!(err.0, HostErrorKind::Denied);
+        for through in ["link/x", "link/sub/x"] {
+            let err = write_inside(dir.path(), through, b"").unwrap_err();
+            assert_eq!(err.0, HostErrorKind::Denied, "{through}");
+        }
         assert!(!outside.path().join("x").exists());
+        assert!(
+            !outside.path().join("sub").exists(),
+            "a directory was created outside"
+        );
+        std::os::unix::fs::symlink(outside.path().join("target"), dir.path().join("file-link"))
+            .unwrap();
+        assert_eq!(
+            write_inside(dir.path(), "file-link", b"x").unwrap_err().0,
+            HostErrorKind::Denied
+        );
+        assert!(!outside.path().join("target").exists());
     }
 }

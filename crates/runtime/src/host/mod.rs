@@ -39,6 +39,12 @@ pub struct HostState {
     /// Capacity of each of stdout and stderr, bytes.
     pub(crate) output_cap: usize,
     pub(crate) output_cap_kib: u64,
+    /// The store paths this call may see: the closure of these roots
+    /// (the job's outputs). `None` when the embedder set no scope.
+    pub(crate) store_roots: Option<Vec<String>>,
+    pub(crate) store_closure: Option<std::collections::HashSet<String>>,
+    /// NAR streams currently open.
+    pub(crate) open_nars: usize,
     /// Capabilities the plugin tried to use without a grant, for the
     /// failure message.
     pub(crate) denials: Arc<Mutex<Vec<String>>>,
@@ -70,6 +76,9 @@ impl HostState {
             stderr,
             output_cap: cap,
             output_cap_kib: limits.output_kib,
+            store_roots: None,
+            store_closure: None,
+            open_nars: 0,
             denials,
         }
     }
@@ -128,6 +137,8 @@ impl WasiHttpView for HostState {
 /// failure names it.
 pub(crate) struct Limiter {
     memory_cap: usize,
+    /// Bytes of linear memory across all of the instance's memories.
+    total: usize,
     pub(crate) memory_exceeded: Option<usize>,
 }
 
@@ -135,6 +146,7 @@ impl Limiter {
     fn new(memory_cap: usize) -> Self {
         Limiter {
             memory_cap,
+            total: 0,
             memory_exceeded: None,
         }
     }
@@ -143,18 +155,21 @@ impl Limiter {
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
-            self.memory_exceeded = Some(desired);
+        // The cap is for the instance, so count every memory it has.
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.memory_cap {
+            self.memory_exceeded = Some(total);
             wasmtime::bail!(
                 "memory cap exceeded: the plugin tried to grow its memory to {} MiB; its cap is {} MiB",
-                desired >> 20,
+                total >> 20,
                 self.memory_cap >> 20
             );
         }
+        self.total = total;
         Ok(true)
     }
 

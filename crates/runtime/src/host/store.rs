@@ -25,6 +25,37 @@ use super::{HostState, host_error};
 
 const CHUNK: usize = 256 * 1024;
 const MAX_READ: u32 = 4 << 20;
+/// NAR streams one call may have open at once.
+const MAX_OPEN_NARS: usize = 4;
+
+/// Whether `path` is a top-level store path: `/nix/store/<32 base-32
+/// characters>-<name>`, nothing below it, no option-like text.
+pub fn is_store_path(path: &str) -> bool {
+    const NIX32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+    let Some(base) = path.strip_prefix("/nix/store/") else {
+        return false;
+    };
+    let (hash, name) = match (base.get(..32), base.get(32..)) {
+        (Some(h), Some(n)) => (h, n),
+        _ => return false,
+    };
+    let Some(name) = name.strip_prefix('-') else {
+        return false;
+    };
+    hash.chars().all(|c| NIX32.contains(c))
+        && !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-._?=".contains(c))
+}
+
+/// Whether `sig` is a well-formed `name:base64` signature, safe to put on
+/// a narinfo `Sig:` line.
+pub fn is_signature(sig: &str) -> bool {
+    !sig.chars().any(|c| c.is_whitespace() || c.is_control())
+        && kiln_narinfo::Signature::parse(sig).is_ok()
+}
 
 /// A NAR being streamed to a plugin.
 pub struct NarStream {
@@ -176,6 +207,45 @@ impl HostState {
             .check(Capability::Store(op))
             .map_err(|d| self.denied(d))
     }
+
+    /// A store operation may only name store paths in the closure of the
+    /// job's outputs (when the embedder scoped the call to a job).
+    async fn in_scope(&mut self, path: &str) -> Result<(), HostError> {
+        if !is_store_path(path) {
+            return Err(host_error(
+                HostErrorKind::Invalid,
+                format!("`{path}` is not a store path"),
+            ));
+        }
+        let Some(roots) = &self.store_roots else {
+            return Ok(());
+        };
+        if self.store_closure.is_none() {
+            let closure = self.ctx.store.closure(roots).await.map_err(failed)?;
+            self.store_closure = Some(closure.into_iter().collect());
+        }
+        if self
+            .store_closure
+            .as_ref()
+            .is_some_and(|c| c.contains(path))
+        {
+            Ok(())
+        } else {
+            Err(host_error(
+                HostErrorKind::Denied,
+                format!("{path} is not in the closure of this job's outputs"),
+            ))
+        }
+    }
+
+    /// Check the grant, then each path's scope.
+    async fn check_paths(&mut self, op: StoreOp, paths: &[&str]) -> Result<(), HostError> {
+        self.check_store(op)?;
+        for p in paths {
+            self.in_scope(p).await?;
+        }
+        Ok(())
+    }
 }
 
 fn failed(e: String) -> HostError {
@@ -184,7 +254,7 @@ fn failed(e: String) -> HostError {
 
 impl Host for HostState {
     async fn path_info(&mut self, path: String) -> wasmtime::Result<Result<PathInfo, HostError>> {
-        if let Err(e) = self.check_store(StoreOp::PathInfo) {
+        if let Err(e) = self.check_paths(StoreOp::PathInfo, &[&path]).await {
             return Ok(Err(e));
         }
         Ok(self
@@ -219,13 +289,20 @@ impl Host for HostState {
         path: String,
         compression: Compression,
     ) -> wasmtime::Result<Result<Resource<NarStream>, HostError>> {
-        if let Err(e) = self.check_store(StoreOp::NarStream) {
+        if let Err(e) = self.check_paths(StoreOp::NarStream, &[&path]).await {
             return Ok(Err(e));
+        }
+        if self.open_nars >= MAX_OPEN_NARS {
+            return Ok(Err(host_error(
+                HostErrorKind::Invalid,
+                format!("at most {MAX_OPEN_NARS} NAR streams may be open at once; drop one first"),
+            )));
         }
         let reader = match self.ctx.store.dump_nar(&path).await {
             Ok(r) => r,
             Err(e) => return Ok(Err(failed(e))),
         };
+        self.open_nars += 1;
         Ok(Ok(self
             .table
             .push(NarStream::spawn(reader, compression))?))
@@ -236,8 +313,14 @@ impl Host for HostState {
         path: String,
         signatures: Vec<String>,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        if let Err(e) = self.check_store(StoreOp::AddSignatures) {
+        if let Err(e) = self.check_paths(StoreOp::AddSignatures, &[&path]).await {
             return Ok(Err(e));
+        }
+        if let Some(bad) = signatures.iter().find(|s| !is_signature(s)) {
+            return Ok(Err(host_error(
+                HostErrorKind::Invalid,
+                format!("`{bad}` is not a `name:base64` signature"),
+            )));
         }
         Ok(self
             .ctx
@@ -252,8 +335,14 @@ impl Host for HostState {
         name: String,
         path: String,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        if let Err(e) = self.check_store(StoreOp::AddGcRoot) {
+        if let Err(e) = self.check_paths(StoreOp::AddGcRoot, &[&path]).await {
             return Ok(Err(e));
+        }
+        if path.ends_with(".drv") {
+            return Ok(Err(host_error(
+                HostErrorKind::Invalid,
+                "a GC root must name an output, not a derivation",
+            )));
         }
         Ok(self
             .ctx
@@ -290,6 +379,49 @@ impl HostNarStream for HostState {
 
     async fn drop(&mut self, stream: Resource<NarStream>) -> wasmtime::Result<()> {
         self.table.delete(stream)?;
+        self.open_nars = self.open_nars.saturating_sub(1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_paths_are_strict() {
+        assert!(is_store_path(
+            "/nix/store/gb1bqndz6zq1m9mdf2ryb5xnkb08pn67-t-1795316904"
+        ));
+        assert!(is_store_path(
+            "/nix/store/x5lsq3ky15vh2cc6a3i778bx2ds9isak-t.drv"
+        ));
+        for bad in [
+            "/etc/passwd",
+            "/nix/store/gb1bqndz6zq1m9mdf2ryb5xnkb08pn67-t/../../etc",
+            "/nix/store/gb1bqndz6zq1m9mdf2ryb5xnkb08pn67-t/sub",
+            "/nix/store/gb1bqndz6zq1m9mdf2ryb5xnkb08pn6e-t",
+            "--store=local?root=/tmp/x",
+            "/nix/store/short-t",
+            "/nix/store/gb1bqndz6zq1m9mdf2ryb5xnkb08pn67-",
+        ] {
+            assert!(!is_store_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signatures_must_be_well_formed() {
+        let good = format!("k-1:{}", base64_of_64());
+        assert!(is_signature(&good));
+        assert!(!is_signature(&format!(
+            "k\nStorePath: /x:{}",
+            base64_of_64()
+        )));
+        assert!(!is_signature("k:short"));
+    }
+
+    fn base64_of_64() -> String {
+        // 64 zero bytes in standard base64.
+        "A".repeat(86) + "=="
     }
 }
