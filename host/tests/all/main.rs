@@ -3,6 +3,8 @@
 mod common;
 mod plugin_cache;
 mod plugin_check;
+mod plugin_errors;
 mod plugin_hostile;
+mod plugin_sandbox;
 mod plugin_sign;
 mod run_cli;
