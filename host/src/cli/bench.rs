@@ -113,18 +113,20 @@ async fn plugin_call(args: PluginCallArgs) -> Result<(), String> {
     let kv = Arc::new(KvStore::default());
     let limits = Limits::default();
     let config = Vec::new();
+    // Every call gets a fresh context, as a build does.
+    let context = || CallContext {
+        plugin: plugin.info.name.clone(),
+        project: "bench".into(),
+        grant: grant.clone(),
+        secrets: secrets.clone(),
+        store: store.clone(),
+        kv: kv.clone(),
+        log: LogSink::new(1 << 20),
+    };
     let mut times = Vec::with_capacity(args.calls);
     let warmup = (args.calls / 10).max(100);
     for i in 0..warmup + args.calls {
-        let ctx = CallContext {
-            plugin: plugin.info.name.clone(),
-            project: "bench".into(),
-            grant: grant.clone(),
-            secrets: secrets.clone(),
-            store: store.clone(),
-            kv: kv.clone(),
-            log: LogSink::new(1 << 20),
-        };
+        let ctx = context();
         let start = Instant::now();
         let called = rt
             .run_post_build(&plugin, &build, &config, ctx, limits)
@@ -137,15 +139,7 @@ async fn plugin_call(args: PluginCallArgs) -> Result<(), String> {
     }
     times.sort();
     let total: Duration = times.iter().sum();
-    let ctx = CallContext {
-        plugin: plugin.info.name.clone(),
-        project: "bench".into(),
-        grant: grant.clone(),
-        secrets: secrets.clone(),
-        store: store.clone(),
-        kv: kv.clone(),
-        log: LogSink::new(1 << 20),
-    };
+    let ctx = context();
     let mut live = rt
         .time_calls_on_live_instance(&plugin, &build, &config, ctx, args.calls)
         .await
