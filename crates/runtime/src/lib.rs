@@ -112,7 +112,7 @@ impl Runtime {
         let link = |e: wasmtime::Error| LoadError::Link {
             origin: origin.to_owned(),
             world: world.as_str(),
-            message: format!("{e:#}"),
+            message: link_message(&format!("{e:#}")),
         };
         let pre = match world {
             World::PostBuild => WorldPre::PostBuild(
@@ -161,5 +161,19 @@ impl Runtime {
             cache,
             pre,
         })
+    }
+}
+
+/// Say which import is missing in Kiln's words; keep Wasmtime's detail.
+fn link_message(wasmtime: &str) -> String {
+    let missing = wasmtime
+        .split_once("imports instance `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match missing {
+        Some(name) => format!(
+            "it imports `{name}`, which this Kiln does not provide to this world ({wasmtime})"
+        ),
+        None => wasmtime.to_owned(),
     }
 }
