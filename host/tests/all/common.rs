@@ -129,3 +129,21 @@ pub fn build_salted_path() -> (String, String) {
         .to_owned();
     (path, dep)
 }
+
+/// Run a post-build plugin on the placeholder build `/nix/store/x`.
+pub async fn call(
+    rt: &Runtime,
+    plugin: &Plugin,
+    config: &[(String, String)],
+    ctx: CallContext,
+    limits: kiln_runtime::Limits,
+) -> kiln_runtime::Called<kiln_runtime::bindings::post_build_types::StepOutcome> {
+    rt.run_post_build(
+        plugin,
+        &build_info("/nix/store/x"),
+        &config.to_vec(),
+        ctx,
+        limits,
+    )
+    .await
+}

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use kiln_runtime::{CallError, Grant, Limits, LoadError, World};
 
-use crate::common::{build_info, context, load, runtime, wasm};
+use crate::common::{build_info, call, context, load, runtime, wasm};
 
 fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -66,15 +66,14 @@ async fn a_0_1_1_plugin_with_an_extra_export_loads_and_runs() {
     let p = load(&rt, "kiln-test-v011").await;
     assert_eq!(p.wit_version, "0.1.1");
     assert_eq!(p.info.world, World::PostBuild);
-    let called = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("v011", Grant::default(), &[], Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &p,
+        &[],
+        context("v011", Grant::default(), &[], Default::default()),
+        Limits::default(),
+    )
+    .await;
     assert!(called.result.is_ok(), "{:?}", called.result);
 }
 
@@ -103,15 +102,14 @@ async fn worlds_are_detected_and_a_wrong_world_is_refused() {
     assert_eq!(forge.info.world, World::Forge);
     let authz = load(&rt, "kiln-test-authz").await;
     assert_eq!(authz.info.world, World::Authz);
-    let called = rt
-        .run_post_build(
-            &forge,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("forge", Grant::default(), &[], Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &forge,
+        &[],
+        context("forge", Grant::default(), &[], Default::default()),
+        Limits::default(),
+    )
+    .await;
     let err = called.result.unwrap_err();
     assert!(
         matches!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kiln_runtime::context::KvStore;
 use kiln_runtime::{CallError, Grant, Limits};
 
-use crate::common::{build_info, cfg, context, load, runtime};
+use crate::common::{build_info, call, cfg, context, load, runtime};
 
 fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
     let mut l = Limits::default();
@@ -19,15 +19,14 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 /// After each hostile call, the trivial plugin still runs.
 async fn good_call_still_works(rt: &kiln_runtime::Runtime) {
     let noop = load(rt, "kiln-test-noop").await;
-    let called = rt
-        .run_post_build(
-            &noop,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("noop", Grant::default(), &[], Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &noop,
+        &[],
+        context("noop", Grant::default(), &[], Default::default()),
+        Limits::default(),
+    )
+    .await;
     assert!(called.result.is_ok(), "{:?}", called.result);
 }
 
@@ -35,15 +34,14 @@ async fn good_call_still_works(rt: &kiln_runtime::Runtime) {
 async fn infinite_loop_is_stopped_by_the_cpu_budget() {
     let (rt, _d) = runtime();
     let p = load(&rt, "kiln-test-loop").await;
-    let called = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("loop", Grant::default(), &[], Default::default()),
-            limits(|l| l.cpu_ms = 200),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &p,
+        &[],
+        context("loop", Grant::default(), &[], Default::default()),
+        limits(|l| l.cpu_ms = 200),
+    )
+    .await;
     let err = called.result.unwrap_err();
     assert!(
         matches!(err, CallError::CpuBudget { cpu_ms: 200, .. }),
@@ -81,15 +79,14 @@ async fn infinite_loop_is_stopped_by_the_wall_clock_timeout() {
 async fn allocation_past_the_cap_traps() {
     let (rt, _d) = runtime();
     let p = load(&rt, "kiln-test-alloc").await;
-    let called = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("alloc", Grant::default(), &[], Default::default()),
-            limits(|l| l.memory_mib = 32),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &p,
+        &[],
+        context("alloc", Grant::default(), &[], Default::default()),
+        limits(|l| l.memory_mib = 32),
+    )
+    .await;
     let err = called.result.unwrap_err();
     assert!(
         matches!(err, CallError::Memory { cap_mib: 32, .. }),
@@ -103,15 +100,14 @@ async fn allocation_past_the_cap_traps() {
 async fn a_trap_names_the_panic() {
     let (rt, _d) = runtime();
     let p = load(&rt, "kiln-test-trap").await;
-    let called = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("trap", Grant::default(), &[], Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &p,
+        &[],
+        context("trap", Grant::default(), &[], Default::default()),
+        Limits::default(),
+    )
+    .await;
     let err = called.result.unwrap_err();
     let CallError::Trap { message, .. } = &err else {
         panic!("{err:?}")
@@ -124,15 +120,14 @@ async fn a_trap_names_the_panic() {
 async fn output_spam_is_capped() {
     let (rt, _d) = runtime();
     let p = load(&rt, "kiln-test-spam").await;
-    let called = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("spam", Grant::default(), &[], Default::default()),
-            limits(|l| l.output_kib = 256),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &p,
+        &[],
+        context("spam", Grant::default(), &[], Default::default()),
+        limits(|l| l.output_kib = 256),
+    )
+    .await;
     let err = called.result.unwrap_err();
     assert!(
         matches!(err, CallError::OutputCap { cap_kib: 256, .. }),
@@ -149,15 +144,14 @@ async fn ungranted_secret_is_denied_and_granted_one_read() {
     let p = load(&rt, "kiln-test-secret").await;
     let config = cfg(&[("secret", "deploy-key")]);
     let secrets: &[(&str, &[u8])] = &[("deploy-key", b"hunter2")];
-    let denied = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &config,
-            context("secret", Grant::default(), secrets, Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let denied = call(
+        &rt,
+        &p,
+        &config,
+        context("secret", Grant::default(), secrets, Default::default()),
+        Limits::default(),
+    )
+    .await;
     let err = denied.result.unwrap_err().to_string();
     assert!(err.contains("secret `deploy-key` is not granted"), "{err}");
     assert!(!err.contains("hunter2"));
@@ -165,15 +159,14 @@ async fn ungranted_secret_is_denied_and_granted_one_read() {
         secrets: vec!["deploy-key".into()],
         ..Grant::default()
     };
-    let ok = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &config,
-            context("secret", grant, secrets, Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let ok = call(
+        &rt,
+        &p,
+        &config,
+        context("secret", grant, secrets, Default::default()),
+        Limits::default(),
+    )
+    .await;
     assert_eq!(
         ok.result.unwrap().message,
         "secret `deploy-key` has 7 bytes"
@@ -205,15 +198,14 @@ async fn http_only_to_granted_hosts() {
     let p = load(&rt, "kiln-test-http").await;
     let (port, hits) = http_server();
     let config = cfg(&[("url", &format!("http://127.0.0.1:{port}/probe"))]);
-    let denied = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &config,
-            context("http", Grant::default(), &[], Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let denied = call(
+        &rt,
+        &p,
+        &config,
+        context("http", Grant::default(), &[], Default::default()),
+        Limits::default(),
+    )
+    .await;
     let err = denied.result.unwrap_err().to_string();
     assert!(
         err.contains(&format!("HTTP to host `127.0.0.1:{port}` is not granted")),
@@ -229,15 +221,14 @@ async fn http_only_to_granted_hosts() {
         hosts: vec![format!("127.0.0.1:{port}")],
         ..Grant::default()
     };
-    let ok = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &config,
-            context("http", grant, &[], Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let ok = call(
+        &rt,
+        &p,
+        &config,
+        context("http", grant, &[], Default::default()),
+        Limits::default(),
+    )
+    .await;
     assert_eq!(ok.result.unwrap().message, "status 204");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -266,25 +257,23 @@ async fn kv_survives_across_calls_only_when_granted() {
         )
         .await;
     assert!(set.result.is_ok(), "{:?}", set.result);
-    let get = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &cfg(&[("op", "get"), ("key", "token")]),
-            context("kv", grant, &[], kv.clone()),
-            Limits::default(),
-        )
-        .await;
+    let get = call(
+        &rt,
+        &p,
+        &cfg(&[("op", "get"), ("key", "token")]),
+        context("kv", grant, &[], kv.clone()),
+        Limits::default(),
+    )
+    .await;
     assert_eq!(get.result.unwrap().message, "abc");
-    let denied = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &cfg(&[("op", "get"), ("key", "token")]),
-            context("kv", Grant::default(), &[], kv),
-            Limits::default(),
-        )
-        .await;
+    let denied = call(
+        &rt,
+        &p,
+        &cfg(&[("op", "get"), ("key", "token")]),
+        context("kv", Grant::default(), &[], kv),
+        Limits::default(),
+    )
+    .await;
     assert!(
         denied
             .result
@@ -298,15 +287,14 @@ async fn kv_survives_across_calls_only_when_granted() {
 async fn retry_after_is_reported_not_slept() {
     let (rt, _d) = runtime();
     let p = load(&rt, "kiln-test-retry").await;
-    let called = rt
-        .run_post_build(
-            &p,
-            &build_info("/nix/store/x"),
-            &vec![],
-            context("retry", Grant::default(), &[], Default::default()),
-            Limits::default(),
-        )
-        .await;
+    let called = call(
+        &rt,
+        &p,
+        &[],
+        context("retry", Grant::default(), &[], Default::default()),
+        Limits::default(),
+    )
+    .await;
     assert!(
         matches!(called.result, Err(CallError::RetryAfter { seconds: 5, .. })),
         "{:?}",
