@@ -18,13 +18,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_nix::{Nix, error_message, limit_memory};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::nix_eval_jobs::{features, whole_failure};
 use super::tree::{Cursor, MARKER, Message, apply_expr, attr_name, parse_trace};
-use super::{EvalError, EvalRequest, EvalSummary, Evaluator, cache};
+use super::{
+    EvalError, EvalRequest, EvalSummary, Evaluator, MAX_LINE_BYTES, cache, next_line_lossy,
+};
 use crate::job::{CacheStatus, EvalJob};
 
 /// Bytes of encoded roots per process: keeps `--apply` under Linux's
@@ -267,11 +269,13 @@ async fn one_process(
         source,
     })?;
     let stderr = child.stderr.take().expect("piped");
-    let mut lines = BufReader::new(stderr).lines();
+    let mut lines = BufReader::new(stderr);
     let mut cursor = Cursor::new(roots);
     let mut other: Vec<String> = Vec::new();
     let mut trusted = true;
-    while let Ok(Some(line)) = lines.next_line().await {
+    // Every line up to EOF, whatever its bytes: stopping early would leave
+    // Nix blocked on a full pipe while we wait for it to exit.
+    while let Some(line) = next_line_lossy(&mut lines, MAX_LINE_BYTES).await {
         if (line.starts_with(MARKER) || line.contains('\x1b'))
             && let Some(msg) = parse_trace(&line)
         {

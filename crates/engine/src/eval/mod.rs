@@ -160,6 +160,84 @@ pub enum EvalError {
     NixEvalJobs(String),
 }
 
+/// Longest line kept from an evaluator's output; the rest of a longer line is
+/// read and dropped, so a runaway line cannot exhaust memory.
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Read the next line of `r` (without its `\n`), decoding invalid UTF-8
+/// lossily and dropping what exceeds `max` bytes. `None` at end of input (or
+/// on a read error, which ends a pipe just the same), so callers that loop
+/// until `None` always drain the child's output and never leave it blocked on
+/// a full pipe.
+pub(crate) async fn next_line_lossy<R>(r: &mut R, max: usize) -> Option<String>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut buf = Vec::new();
+    let n = (&mut *r)
+        .take(max as u64)
+        .read_until(b'\n', &mut buf)
+        .await
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if n == max {
+        // Too long: skip to the end of this line.
+        let mut rest = Vec::new();
+        loop {
+            rest.clear();
+            let m = (&mut *r)
+                .take(64 * 1024)
+                .read_until(b'\n', &mut rest)
+                .await
+                .unwrap_or(0);
+            if m == 0 || rest.last() == Some(&b'\n') {
+                break;
+            }
+        }
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Read `r` to its end, keeping at most the first and the last `keep` lines
+/// (each cut at 4 KiB) with a note of how many were left out between them.
+pub(crate) async fn drain_capped<R>(r: R, keep: usize) -> String
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    const LINE: usize = 4096;
+    let mut r = tokio::io::BufReader::new(r);
+    let mut head = Vec::new();
+    let mut tail = std::collections::VecDeque::new();
+    let mut omitted = 0usize;
+    while let Some(mut line) = next_line_lossy(&mut r, LINE).await {
+        if line.len() >= LINE {
+            line.push_str(" …");
+        }
+        if head.len() < keep {
+            head.push(line);
+            continue;
+        }
+        tail.push_back(line);
+        if tail.len() > keep {
+            tail.pop_front();
+            omitted += 1;
+        }
+    }
+    if omitted > 0 {
+        head.push(format!("… {omitted} lines left out …"));
+    }
+    head.extend(tail);
+    head.join("\n")
+}
+
 /// Evaluate `req`, sending every job to `tx` as soon as it is known.
 pub async fn evaluate(
     nix: &Nix,

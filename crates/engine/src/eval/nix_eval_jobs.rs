@@ -12,10 +12,16 @@ use std::process::Stdio;
 use kiln_nix::{Nix, error_message, plain_command};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::sync::mpsc;
 
-use super::{EvalError, EvalRequest, EvalSummary, Evaluator, cache, tree::attr_name};
+use super::{
+    EvalError, EvalRequest, EvalSummary, Evaluator, MAX_LINE_BYTES, cache, drain_capped,
+    next_line_lossy, tree::attr_name,
+};
+
+/// stderr lines kept from the start and from the end for error messages.
+const MAX_STDERR_LINES: usize = 200;
 use crate::job::{CacheStatus, EvalJob};
 
 #[derive(Deserialize)]
@@ -141,34 +147,35 @@ pub async fn evaluate(
         .spawn()
         .map_err(|e| EvalError::NixEvalJobs(format!("cannot start {}: {e}", program.display())))?;
     let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let stderr_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
+    let stderr = child.stderr.take().expect("piped");
+    // Drained to EOF whatever it holds, keeping only the head and tail.
+    let stderr_task = tokio::spawn(drain_capped(stderr, MAX_STDERR_LINES));
     // nix-eval-jobs checks the cache itself; the forwarder only adds roots
     // when nix-eval-jobs did not (it always does when given the flag).
     let (jtx, jrx) = mpsc::unbounded_channel();
     let forward = tokio::spawn(cache::forward(nix.clone(), false, None, jrx, tx));
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = BufReader::new(stdout);
     let mut bad = None;
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .map_err(|e| EvalError::NixEvalJobs(e.to_string()))?
-    {
-        if line.trim().is_empty() {
+    let mut cancelled = false;
+    // Read to EOF even past bad lines, so nix-eval-jobs never blocks on a
+    // full pipe; when the receiver is gone, stop it instead.
+    while let Some(line) = next_line_lossy(&mut lines, MAX_LINE_BYTES).await {
+        if cancelled || line.trim().is_empty() {
             continue;
         }
         match parse_line(&line) {
             Ok(Some(job)) => {
                 if jtx.send(job).is_err() {
-                    break;
+                    cancelled = true;
+                    let _ = child.start_kill();
                 }
             }
             Ok(None) => {}
-            Err(e) => bad = Some(e),
+            Err(e) => {
+                if bad.is_none() {
+                    bad = Some(e.chars().take(1000).collect::<String>());
+                }
+            }
         }
     }
     drop(jtx);

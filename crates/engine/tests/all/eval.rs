@@ -456,3 +456,84 @@ async fn the_examples_evaluate_as_documented() {
     assert_eq!(jobs["aarch64-linux.foreign"].system, "aarch64-linux");
     assert!(jobs["x86_64-linux.after-broken"].drv_path.is_some());
 }
+
+/// Generous upper bound for one evaluation in tests that used to hang.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+async fn run_with_deadline(
+    nix: &Nix,
+    req: &EvalRequest,
+) -> (Result<EvalSummary, EvalError>, BTreeMap<String, EvalJob>) {
+    tokio::time::timeout(DEADLINE, run(nix, req))
+        .await
+        .expect("evaluation hung on output it could not read")
+}
+
+/// Replace `placeholder` in `dir/flake.nix` with raw bytes.
+fn patch_bytes(dir: &Path, placeholder: &str, bytes: &[u8]) {
+    let text = std::fs::read(dir.join("flake.nix")).unwrap();
+    let at = text
+        .windows(placeholder.len())
+        .position(|w| w == placeholder.as_bytes())
+        .unwrap();
+    let mut out = text[..at].to_vec();
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(&text[at + placeholder.len()..]);
+    std::fs::write(dir.join("flake.nix"), out).unwrap();
+}
+
+#[tokio::test]
+async fn non_utf8_attribute_names_do_not_stall_the_builtin_evaluator() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 3000 attributes after the odd one: far more trace output than a pipe
+    // holds, so a reader that stops at the bad line leaves Nix blocked.
+    write_flake(
+        dir.path(),
+        r#"{ checks.x86_64-linux = builtins.listToAttrs (builtins.genList (i: { name = "n${toString i}"; value = i; }) 3000) // {
+          "BAD_NAME" = x "odd" "echo > $out";
+          zz-last = x "last" "echo > $out";
+        }; }"#,
+    );
+    patch_bytes(dir.path(), "BAD_NAME", b"a\xff");
+    let (summary, jobs) = run_with_deadline(&nix, &builtin(dir.path(), 1)).await;
+    let summary = summary.unwrap();
+    assert_eq!((summary.jobs, summary.errors), (2, 0), "{jobs:?}");
+    assert!(
+        jobs["x86_64-linux.a\u{fffd}"]
+            .drv_path
+            .as_deref()
+            .unwrap()
+            .ends_with("-odd.drv")
+    );
+    assert!(jobs["x86_64-linux.zz-last"].drv_path.is_some());
+}
+
+#[tokio::test]
+async fn nix_eval_jobs_output_is_drained_past_non_utf8_bytes() {
+    let nix = nix().await;
+    let bin = tempfile::tempdir().unwrap();
+    let program = bin.path().join("nix-eval-jobs");
+    // Invalid UTF-8 first on both streams, then far more than a pipe holds.
+    let job = r#"{"attr":"x86_64-linux.j%s","attrPath":["x86_64-linux","j%s"],"drvPath":"/nix/store/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-j.drv","outputs":{"out":"/nix/store/1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-j"},"system":"x86_64-linux"}\n"#;
+    let script = format!(
+        "#!/bin/sh\nprintf 'warning: \\377\\n' >&2\ni=0\nwhile [ $i -lt 4000 ]; do echo \"warning: filler line $i of stderr output\" >&2; i=$((i+1)); done\necho 'error: the real failure' >&2\nprintf '{{\"attr\":\"x86_64-linux.\\377\",\"attrPath\":[\"x86_64-linux\",\"\\377\"],\"error\":\"bad \\377\"}}\\n'\ni=0\nwhile [ $i -lt 2000 ]; do printf '{job}' $i $i; i=$((i+1)); done\nexit 1\n"
+    );
+    std::fs::write(&program, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let flake = tempfile::tempdir().unwrap();
+    write_flake(flake.path(), "{ checks = { }; }");
+    let mut req = EvalRequest::new(flake.path(), "checks");
+    req.check_cache_status = false;
+    req.evaluator = EvaluatorChoice::NixEvalJobs(program);
+    let (r, jobs) = run_with_deadline(&nix, &req).await;
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("error: the real failure"), "{e}");
+    assert!(e.len() < 64 * 1024, "stderr is capped: {} bytes", e.len());
+    assert_eq!(
+        jobs["x86_64-linux.\u{fffd}"].error.as_deref(),
+        Some("bad \u{fffd}")
+    );
+    assert!(jobs.contains_key("x86_64-linux.j1999"));
+}
