@@ -5,7 +5,7 @@ use std::process::Command;
 
 use kiln_runtime::{CallError, Grant, Limits, LoadError, World};
 
-use crate::common::{build_info, call, context, load, runtime, wasm};
+use crate::common::{call, context, load, runtime, wasm};
 
 fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))

@@ -20,7 +20,7 @@ fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
 async fn good_call_still_works(rt: &kiln_runtime::Runtime) {
     let noop = load(rt, "kiln-test-noop").await;
     let called = call(
-        &rt,
+        rt,
         &noop,
         &[],
         context("noop", Grant::default(), &[], Default::default()),
