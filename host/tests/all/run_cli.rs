@@ -3,8 +3,9 @@
 //! `--junit` files, and one-line reasons for exit 2. Real Nix, salted
 //! derivations.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -210,10 +211,21 @@ fn sigint_exits_130_after_writing_the_report_with_the_rest_cancelled() {
         .arg(&logs)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
+    // A hang guard, not a timed assertion: give up after a generous while,
+    // killing what this test started.
+    let deadline = std::time::Instant::now() + HANG_GUARD;
     let spin_log = logs.join("x86_64-linux.spin.log");
     while !std::fs::read_to_string(&spin_log).is_ok_and(|l| l.contains("spinning")) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("kiln ended ({status}) before the spin build printed");
+        }
+        if std::time::Instant::now() > deadline {
+            kill_group(&mut child);
+            panic!("hang guard: no \"spinning\" in {spin_log:?} after {HANG_GUARD:?}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let kill = Command::new("kill")
@@ -221,7 +233,17 @@ fn sigint_exits_130_after_writing_the_report_with_the_rest_cancelled() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = child.wait().unwrap();
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            kill_group(&mut child);
+            panic!("hang guard: kiln still runs {HANG_GUARD:?} after SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(status.code(), Some(130));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -293,4 +315,19 @@ fn a_lost_daemon_connection_is_retried_not_reported() {
     let r = json(&out);
     assert_eq!(r["jobs"][0]["status"], "succeeded");
     assert_eq!(r["jobs"][0]["attempts"], 2);
+}
+
+/// How long a test waits for something that should happen before it gives
+/// up, kills what it started and fails: a guard against hanging CI, not a
+/// timing assertion.
+const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// SIGKILL the child's process group (it was spawned as its own group
+/// leader) and reap it.
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -408,8 +408,20 @@ async fn cancellation_kills_builds_and_reports_the_rest_cancelled() {
     let logs = dir.path().join("logs");
     let handle = tokio::spawn(run(o, rx));
     // Cancel once the spinning build has printed (its log has the line).
+    // A hang guard, not a timed assertion: give up after a generous while.
+    let deadline = std::time::Instant::now() + HANG_GUARD;
     let spin_log = logs.join("x86_64-linux.spin.log");
     while !std::fs::read_to_string(&spin_log).is_ok_and(|l| l.contains("spinning")) {
+        if handle.is_finished() {
+            let r = handle.await.unwrap();
+            kill_builders(&token);
+            panic!("the run ended before the spin build printed: {r:?}");
+        }
+        if std::time::Instant::now() > deadline {
+            handle.abort();
+            kill_builders(&token);
+            panic!("hang guard: no \"spinning\" in {spin_log:?} after {HANG_GUARD:?}");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     tx.send(true).unwrap();
@@ -421,8 +433,34 @@ async fn cancellation_kills_builds_and_reports_the_rest_cancelled() {
     assert_eq!(r.summary.cancelled, 2);
     // The builder itself is gone (Nix kills it when its client dies); wait
     // for that, however long it takes, rather than timing it.
+    let deadline = std::time::Instant::now() + HANG_GUARD;
     while builder_running(&token) {
+        if std::time::Instant::now() > deadline {
+            kill_builders(&token);
+            panic!("hang guard: the spin builder still runs {HANG_GUARD:?} after cancelling");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a test waits for something that should happen before it gives
+/// up, kills what it started and fails: a guard against hanging CI, not a
+/// timing assertion.
+const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// SIGKILL every process whose command line has `token` (the builders this
+/// test started).
+fn kill_builders(token: &str) {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(token))
+        {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 
