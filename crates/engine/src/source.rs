@@ -295,7 +295,7 @@ async fn git_head(dir: &Path) -> Option<String> {
 
 /// Copy the repository into `to`: only the files git tracks when it is a git
 /// work tree (what a git flake would see), else everything but `.git`.
-async fn copy_tree(from: &Path, to: &Path) -> Result<(), SourceError> {
+pub(crate) async fn copy_tree(from: &Path, to: &Path) -> Result<(), SourceError> {
     let tracked = git(Some(from), &["ls-files", "-z", "--cached"]).await.ok();
     let files: Vec<PathBuf> = match tracked {
         Some(list) => list

@@ -25,7 +25,8 @@ use tokio::task::JoinSet;
 use super::nix_eval_jobs::{features, whole_failure};
 use super::tree::{Cursor, MARKER, Message, apply_expr, attr_name, parse_trace};
 use super::{
-    EvalError, EvalRequest, EvalSummary, Evaluator, MAX_LINE_BYTES, cache, next_line_lossy,
+    EvalError, EvalRequest, EvalSummary, Evaluator, FlakeRef, MAX_LINE_BYTES, cache,
+    next_line_lossy,
 };
 use crate::job::{CacheStatus, EvalJob};
 
@@ -40,6 +41,8 @@ type Path = Vec<String>;
 struct Ctx {
     nix: Nix,
     req: EvalRequest,
+    /// `<flake>#<attribute>` as Nix takes it.
+    installable: String,
     jobs: mpsc::UnboundedSender<EvalJob>,
     processes: AtomicUsize,
     /// Attribute paths already sent (the racing walks overlap).
@@ -76,9 +79,11 @@ pub async fn evaluate(
         jrx,
         tx,
     ));
+    let flake_ref = FlakeRef::new(&req.flake_dir).await?;
     let ctx = Arc::new(Ctx {
         nix: nix.clone(),
         req: req.clone(),
+        installable: flake_ref.installable(&req.attribute),
         jobs: jtx,
         processes: AtomicUsize::new(0),
         sent: Mutex::new(HashSet::new()),
@@ -258,7 +263,7 @@ async fn one_process(
     if let Some(lock) = &ctx.req.reference_lock_file {
         cmd.arg("--reference-lock-file").arg(lock);
     }
-    cmd.arg(ctx.req.installable())
+    cmd.arg(&ctx.installable)
         .arg("--apply")
         .arg(apply_expr(&roots, full));
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());

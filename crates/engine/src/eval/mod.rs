@@ -12,7 +12,7 @@ mod cache;
 mod nix_eval_jobs;
 mod tree;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_nix::{Nix, NixError};
 use tokio::sync::mpsc;
@@ -99,10 +99,143 @@ impl EvalRequest {
         req
     }
 
-    /// `<flake_dir>#<attribute>` as Nix sees it.
+    /// `<flake_dir>#<attribute>` as Nix sees it, for a directory whose path
+    /// needs no escaping (else evaluation goes through [`FlakeRef`]).
     pub fn installable(&self) -> String {
         format!("{}#{}", self.flake_dir.display(), self.attribute)
     }
+}
+
+/// How Nix is pointed at a flake directory. A path in a flake reference
+/// cannot hold a space, `#`, `?` or `%`, and Nix 2.8 neither decodes
+/// percent-escapes in paths nor escapes the `git+file://` URL it derives from
+/// a directory inside a git work tree. Such directories are reached through
+/// a symlink with a plain name: `git+file://<link to the work tree>?dir=…`
+/// inside a clean git work tree (exactly what Nix derives for the directory
+/// itself), `path:<link>/.` outside git. A dirty work tree is read by Nix
+/// through that path, which then must not be a link: its tracked files are
+/// copied into an uncommitted repository instead (what Nix would see: tracked
+/// files, no rev). The link or copy lives as long as this.
+pub(crate) struct FlakeRef {
+    /// The flake reference, without `#attribute`.
+    pub(crate) reference: String,
+    _link: Option<tempfile::TempDir>,
+}
+
+impl FlakeRef {
+    /// The reference for `dir`.
+    pub(crate) async fn new(dir: &Path) -> Result<FlakeRef, EvalError> {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let shown = dir.to_string_lossy().into_owned();
+        if plain(&shown) {
+            return Ok(FlakeRef {
+                reference: shown,
+                _link: None,
+            });
+        }
+        let flake_error = |message: String| EvalError::Flake {
+            flake: shown.clone(),
+            message,
+        };
+        let work_tree =
+            match git_out(&dir, &["rev-parse", "--show-toplevel", "--show-prefix"]).await {
+                Some(text) => {
+                    let mut lines = text.lines();
+                    let top = lines.next().unwrap_or_default().to_string();
+                    let prefix = lines.next().unwrap_or_default();
+                    let prefix = prefix.trim_end_matches('/').to_string();
+                    (!top.is_empty()).then_some((PathBuf::from(top), prefix))
+                }
+                None => None,
+            };
+        let mut tmp = std::env::temp_dir();
+        if !plain(&tmp.to_string_lossy()) {
+            tmp = PathBuf::from("/tmp");
+        }
+        let link_dir = tempfile::Builder::new()
+            .prefix("kiln-flake-")
+            .tempdir_in(&tmp)
+            .map_err(|e| flake_error(format!("cannot create a temporary directory: {e}")))?;
+        let link = link_dir.path().join("flake");
+        let reference = match work_tree {
+            Some((top, prefix)) => {
+                let dirty = git_out(&top, &["status", "--porcelain", "--untracked-files=no"])
+                    .await
+                    .is_none_or(|s| !s.trim().is_empty());
+                if dirty {
+                    // Nix copies a dirty work tree through the path in the
+                    // URL, which must then not be a link: copy the tracked
+                    // files (what Nix would see) into a fresh, uncommitted
+                    // repository, which Nix reads the same way.
+                    crate::source::copy_tree(&top, &link)
+                        .await
+                        .map_err(|e| flake_error(e.to_string()))?;
+                    git_out(&link, &["init", "--quiet"])
+                        .await
+                        .ok_or_else(|| flake_error("git init failed in a copy".into()))?;
+                    git_out(&link, &["add", "--all", "--force"])
+                        .await
+                        .ok_or_else(|| flake_error("git add failed in a copy".into()))?;
+                } else {
+                    std::os::unix::fs::symlink(&top, &link)
+                        .map_err(|e| flake_error(format!("cannot link {}: {e}", link.display())))?;
+                }
+                if prefix.is_empty() {
+                    format!("git+file://{}", link.display())
+                } else {
+                    format!(
+                        "git+file://{}?dir={}",
+                        link.display(),
+                        percent_encode(&prefix)
+                    )
+                }
+            }
+            None => {
+                std::os::unix::fs::symlink(&dir, &link)
+                    .map_err(|e| flake_error(format!("cannot link {}: {e}", link.display())))?;
+                // `/.`: the directory behind the link, not the link itself.
+                format!("path:{}/.", link.display())
+            }
+        };
+        Ok(FlakeRef {
+            reference,
+            _link: Some(link_dir),
+        })
+    }
+
+    /// `<reference>#<attribute>`.
+    pub(crate) fn installable(&self, attribute: &str) -> String {
+        format!("{}#{attribute}", self.reference)
+    }
+}
+
+/// stdout of a successful `git -C dir args…`.
+async fn git_out(dir: &Path, args: &[&str]) -> Option<String> {
+    let mut git = kiln_nix::plain_command("git");
+    git.arg("-C").arg(dir).args(args);
+    let out = git.output().await.ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `path` can appear as is in a flake reference.
+fn plain(path: &str) -> bool {
+    path.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+~@:,=".contains(&b))
+}
+
+/// `s` with every byte but unreserved URL characters and `/` percent-encoded.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Which evaluator ran.

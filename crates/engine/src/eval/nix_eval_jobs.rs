@@ -16,7 +16,7 @@ use tokio::io::BufReader;
 use tokio::sync::mpsc;
 
 use super::{
-    EvalError, EvalRequest, EvalSummary, Evaluator, MAX_LINE_BYTES, cache, drain_capped,
+    EvalError, EvalRequest, EvalSummary, Evaluator, FlakeRef, MAX_LINE_BYTES, cache, drain_capped,
     next_line_lossy, tree::attr_name,
 };
 
@@ -141,7 +141,9 @@ pub async fn evaluate(
         cmd.arg("--reference-lock-file").arg(lock);
     }
     // `--flake` is a switch; the installable is the positional argument.
-    cmd.arg("--flake").arg(req.installable());
+    let flake_ref = FlakeRef::new(&req.flake_dir).await?;
+    cmd.arg("--flake")
+        .arg(flake_ref.installable(&req.attribute));
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd
         .spawn()

@@ -537,3 +537,66 @@ async fn nix_eval_jobs_output_is_drained_past_non_utf8_bytes() {
     );
     assert!(jobs.contains_key("x86_64-linux.j1999"));
 }
+
+#[tokio::test]
+async fn flake_directories_with_spaces_and_hashes_evaluate() {
+    let nix = nix().await;
+    let top = tempfile::tempdir().unwrap();
+    // Outside git.
+    let plain = top.path().join("sp ace");
+    write_flake(
+        &plain,
+        r#"{ checks.x86_64-linux.a = x "a" "echo > $out"; }"#,
+    );
+    let (r, jobs) = run(&nix, &builtin(&plain, 1)).await;
+    r.unwrap();
+    assert_eq!(jobs.keys().collect::<Vec<_>>(), ["x86_64-linux.a"]);
+
+    // Inside a git work tree: still only tracked files are visible.
+    let repo = top.path().join("re po#1");
+    write_flake(
+        &repo.join("sub dir"),
+        r#"{ checks.x86_64-linux = if builtins.pathExists ./untracked.nix
+          then { sees-untracked = x "u" "echo > $out"; }
+          else { tracked-only = x "t" "echo > $out"; }; }"#,
+    );
+    std::fs::write(repo.join("sub dir/untracked.nix"), "{ }").unwrap();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "sub dir/flake.nix"]);
+    // Dirty (nothing committed yet), then clean.
+    for commit in [false, true] {
+        if commit {
+            git(&[
+                "-c",
+                "user.name=kiln",
+                "-c",
+                "user.email=kiln@example.org",
+                "-c",
+                "commit.gpgsign=false",
+                "commit",
+                "-q",
+                "-m",
+                "one",
+            ]);
+        }
+        for workers in [1, 2] {
+            let (r, jobs) = run(&nix, &builtin(&repo.join("sub dir"), workers)).await;
+            r.unwrap();
+            assert_eq!(
+                jobs.keys().collect::<Vec<_>>(),
+                ["x86_64-linux.tracked-only"],
+                "committed: {commit}"
+            );
+        }
+    }
+}
