@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
 use crate::NixError;
@@ -108,7 +108,8 @@ impl BatchBuild {
         Ok(BuildProcess {
             child,
             pgid,
-            lines: BufReader::new(stderr).lines(),
+            stderr: Some(BufReader::new(stderr)),
+            line: Vec::new(),
             tracker: Tracker::default(),
         })
     }
@@ -119,22 +120,45 @@ impl BatchBuild {
 pub struct BuildProcess {
     child: Child,
     pgid: Option<i32>,
-    lines: Lines<BufReader<ChildStderr>>,
+    /// Nix's stderr; `None` once it reached EOF (or failed for good).
+    stderr: Option<BufReader<ChildStderr>>,
+    /// Buffer of the line being read.
+    line: Vec<u8>,
     tracker: Tracker,
 }
 
 impl BuildProcess {
     /// Next batch of events; `None` once Nix closed its stderr.
+    ///
+    /// Lines are read as bytes and decoded lossily, so a builder printing
+    /// invalid UTF-8 does not end the stream early: stderr is drained to EOF,
+    /// and Nix never blocks writing to a pipe nobody reads.
     pub async fn next_events(&mut self) -> Option<Vec<BuildEvent>> {
         loop {
-            match self.lines.next_line().await {
-                Ok(Some(line)) => {
-                    let events = self.tracker.feed(&line);
+            let stderr = self.stderr.as_mut()?;
+            self.line.clear();
+            match stderr.read_until(b'\n', &mut self.line).await {
+                Ok(0) => {
+                    self.stderr = None;
+                    return None;
+                }
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&self.line);
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    let text = text.strip_suffix('\r').unwrap_or(text);
+                    let events = self.tracker.feed(text);
                     if !events.is_empty() {
                         return Some(events);
                     }
                 }
-                Ok(None) | Err(_) => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A real read error on a pipe does not heal; stop reading
+                // (dropping our end makes a still-writing Nix get EPIPE
+                // rather than block).
+                Err(_) => {
+                    self.stderr = None;
+                    return None;
+                }
             }
         }
     }

@@ -179,3 +179,47 @@ async fn a_missing_program_is_a_spawn_error() {
     b.nix_store = "/nonexistent/nix-store".into();
     assert!(matches!(b.spawn(), Err(NixError::Spawn { .. })));
 }
+
+/// A stand-in `nix-store` (a shell script) for the stream tests.
+fn fake_nix_store(dir: &std::path::Path, body: &str) -> OsString {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("nix-store");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.into_os_string()
+}
+
+#[tokio::test]
+async fn invalid_utf8_does_not_end_the_stream_and_stderr_is_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    // An invalid UTF-8 line, then far more than a pipe buffer of output,
+    // then a last line: all of it must be read, and the process must exit.
+    let mut b = BatchBuild::new(vec![], 1);
+    b.nix_store = fake_nix_store(
+        dir.path(),
+        r#"printf 'error: bad \377\376 bytes\n' >&2
+i=0
+while [ $i -lt 3000 ]; do
+  echo "error: filler line $i padded to be long enough to fill the pipe quickly" >&2
+  i=$((i+1))
+done
+echo "error: the last line" >&2
+exit 3"#,
+    );
+    let mut p = b.spawn().unwrap();
+    let mut texts = Vec::new();
+    while let Some(events) = p.next_events().await {
+        for e in events {
+            if let BuildEvent::Message { text, .. } = e {
+                texts.push(text);
+            }
+        }
+    }
+    assert!(texts[0].starts_with("error: bad "), "{:?}", texts[0]);
+    assert!(texts[0].contains('\u{fffd}'), "{:?}", texts[0]);
+    assert_eq!(texts.len(), 3002);
+    assert_eq!(texts.last().unwrap(), "error: the last line");
+    assert_eq!(p.wait().await.unwrap().code(), Some(3));
+    // Once at EOF it stays there.
+    assert!(p.next_events().await.is_none());
+}
