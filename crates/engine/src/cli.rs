@@ -44,10 +44,12 @@ pub struct RunArgs {
     /// Memory cap per evaluator process, in MiB.
     #[arg(long, value_name = "MIB")]
     pub eval_max_memory_size: Option<u64>,
-    /// Fail a build that prints nothing for this many seconds (`timed_out`).
+    /// Fail a build that prints nothing for this many seconds (`timed_out`);
+    /// 0 means no limit, as for Nix.
     #[arg(long, value_name = "SECONDS")]
     pub max_silent_time: Option<u64>,
-    /// Fail a build that runs longer than this many seconds (`timed_out`).
+    /// Fail a build that runs longer than this many seconds (`timed_out`);
+    /// 0 means no limit, as for Nix.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
     /// Write the JSON report to FILE.
@@ -108,8 +110,8 @@ impl RunArgs {
         }
         o.eval_workers = self.eval_workers;
         o.eval_max_memory_mib = self.eval_max_memory_size;
-        o.max_silent_time = self.max_silent_time.map(Duration::from_secs);
-        o.timeout = self.timeout.map(Duration::from_secs);
+        o.max_silent_time = limit(self.max_silent_time);
+        o.timeout = limit(self.timeout);
         o.failed_cache = if self.cache_failed_builds && !self.rebuild_failed {
             Some(FailedCache::new(FailedCache::default_dir()))
         } else if self.cache_failed_builds {
@@ -177,6 +179,12 @@ pub fn main(args: RunArgs) -> ExitCode {
     })
 }
 
+/// A `--timeout`/`--max-silent-time` value: 0 means no limit, as it does
+/// for Nix.
+fn limit(secs: Option<u64>) -> Option<Duration> {
+    secs.filter(|&s| s > 0).map(Duration::from_secs)
+}
+
 fn usage_error(message: &str) -> ExitCode {
     let one_line = message.lines().next().unwrap_or(message);
     eprintln!("kiln run: {one_line}");
@@ -230,6 +238,23 @@ mod tests {
         assert_eq!(o.eval_max_memory_mib, Some(512));
         assert_eq!(o.log_dir, PathBuf::from("/tmp/l"));
         assert!(o.failed_cache.is_none());
+    }
+
+    #[test]
+    fn zero_time_limits_mean_no_limit() {
+        assert_eq!(limit(None), None);
+        assert_eq!(limit(Some(0)), None);
+        assert_eq!(limit(Some(1)), Some(Duration::from_secs(1)));
+        let o = parse(&["--timeout", "0", "--max-silent-time", "0"])
+            .options()
+            .unwrap();
+        assert_eq!(o.timeout, None);
+        assert_eq!(o.max_silent_time, None);
+        let o = parse(&["--timeout", "30", "--max-silent-time", "0"])
+            .options()
+            .unwrap();
+        assert_eq!(o.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(o.max_silent_time, None);
     }
 
     #[test]
