@@ -338,7 +338,8 @@ fn is_out_of_memory(stderr: &str) -> bool {
 }
 
 /// Send a job unless an overlapping walk already sent this attribute.
-fn send(ctx: &Ctx, job: EvalJob) -> Result<(), EvalError> {
+fn send(ctx: &Ctx, mut job: EvalJob) -> Result<(), EvalError> {
+    super::complete_job(&mut job, &ctx.req.attribute);
     if !ctx
         .sent
         .lock()

@@ -371,6 +371,22 @@ where
     head.join("\n")
 }
 
+/// Fill in what an evaluator leaves out: a job for the selected attribute
+/// itself (a single derivation, empty path) is named by the attribute's last
+/// component, and a job without a system (an evaluation error) gets the
+/// system its path starts with, if any.
+pub(crate) fn complete_job(job: &mut EvalJob, attribute: &str) {
+    if job.attr_path.is_empty()
+        && let Some(last) = tree::split_attribute(attribute).pop()
+    {
+        job.attr_path = vec![last];
+        job.attr = attr_name(&job.attr_path);
+    }
+    if job.system.is_empty() {
+        job.system = tree::system_of(&job.attr_path);
+    }
+}
+
 /// Evaluate `req`, sending every job to `tx` as soon as it is known.
 pub async fn evaluate(
     nix: &Nix,

@@ -166,7 +166,8 @@ pub async fn evaluate(
             continue;
         }
         match parse_line(&line) {
-            Ok(Some(job)) => {
+            Ok(Some(mut job)) => {
+                super::complete_job(&mut job, &req.attribute);
                 if jtx.send(job).is_err() {
                     cancelled = true;
                     let _ = child.start_kill();

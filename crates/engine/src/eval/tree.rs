@@ -30,6 +30,48 @@ pub fn attr_name(path: &[String]) -> String {
     quoted.join(".")
 }
 
+/// The system an attribute path is for when its first component looks like
+/// one (`<arch>-<os>`, e.g. `x86_64-linux`, `aarch64-darwin`), else empty.
+pub fn system_of(path: &[String]) -> String {
+    const OSES: &[&str] = &[
+        "linux", "darwin", "freebsd", "openbsd", "netbsd", "windows", "cygwin", "wasi", "none",
+        "genode", "redox", "solaris", "illumos", "mmixware", "ghcjs",
+    ];
+    let Some(first) = path.first() else {
+        return String::new();
+    };
+    let Some((arch, os)) = first.split_once('-') else {
+        return String::new();
+    };
+    let arch_ok = arch.starts_with(|c: char| c.is_ascii_lowercase())
+        && arch
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if arch_ok && OSES.contains(&os) {
+        first.clone()
+    } else {
+        String::new()
+    }
+}
+
+/// The components of an attribute path as written on the command line:
+/// `checks."a.b".c` → `checks`, `a.b`, `c`.
+pub fn split_attribute(attribute: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in attribute.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.retain(|c| !c.is_empty());
+    out
+}
+
 /// A Nix string literal for `s`.
 fn nix_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -256,6 +298,21 @@ mod tests {
         );
         assert_eq!(attr_name(&p(&["a", "b.c"])), "a.\"b.c\"");
         assert_eq!(attr_name(&[]), "");
+    }
+
+    #[test]
+    fn systems_and_attribute_components() {
+        assert_eq!(system_of(&p(&["x86_64-linux", "a"])), "x86_64-linux");
+        assert_eq!(system_of(&p(&["aarch64-darwin"])), "aarch64-darwin");
+        assert_eq!(system_of(&p(&["my-check", "a"])), "");
+        assert_eq!(system_of(&p(&["tests", "x86_64-linux"])), "");
+        assert_eq!(system_of(&p(&["-linux"])), "");
+        assert_eq!(system_of(&[]), "");
+        assert_eq!(
+            split_attribute("checks.x86_64-linux.greeting"),
+            p(&["checks", "x86_64-linux", "greeting"])
+        );
+        assert_eq!(split_attribute(r#"a."b.c""#), p(&["a", "b.c"]));
     }
 
     #[test]

@@ -138,6 +138,7 @@ async fn check_messy(workers: usize) {
         assert!(!err(a).contains("--show-trace"));
         assert_eq!(jobs[a].drv_path, None);
         assert!(jobs[a].outputs.is_empty());
+        assert_eq!(jobs[a].system, "x86_64-linux", "{a}");
     }
     let ok = &jobs["x86_64-linux.ok"];
     assert!(ok.error.is_none());
@@ -224,7 +225,8 @@ async fn custom_attribute_and_empty_sets() {
     let dir = tempfile::tempdir().unwrap();
     write_flake(
         dir.path(),
-        r#"{ hydraJobs = { tests.unit = x "unit" "echo > $out"; empty = { }; }; checks = { }; }"#,
+        r#"{ hydraJobs = { tests.unit = x "unit" "echo > $out"; tests.broken = throw "no"; empty = { }; };
+             checks = { }; checks2.x86_64-linux.greeting = x "greeting" "echo > $out"; }"#,
     );
     let (summary, jobs) = run(&nix, &builtin(dir.path(), 2)).await;
     assert_eq!(summary.unwrap().jobs, 0);
@@ -232,7 +234,24 @@ async fn custom_attribute_and_empty_sets() {
     let mut req = builtin(dir.path(), 2);
     req.attribute = "hydraJobs".into();
     let (_, jobs) = run(&nix, &req).await;
-    assert_eq!(jobs.keys().collect::<Vec<_>>(), ["tests.unit"]);
+    assert_eq!(
+        jobs.keys().collect::<Vec<_>>(),
+        ["tests.broken", "tests.unit"]
+    );
+    // Not a system: left empty.
+    assert_eq!(jobs["tests.broken"].system, "");
+
+    // A single derivation is named by the attribute's last component.
+    for workers in [1, 2] {
+        let mut req = builtin(dir.path(), workers);
+        req.attribute = "checks2.x86_64-linux.greeting".into();
+        let (summary, jobs) = run(&nix, &req).await;
+        assert_eq!(summary.unwrap().jobs, 1);
+        let job = &jobs["greeting"];
+        assert_eq!(job.attr_path, ["greeting"]);
+        assert_eq!(job.system, "x86_64-linux");
+        assert!(job.drv_path.as_deref().unwrap().ends_with("-greeting.drv"));
+    }
 }
 
 #[tokio::test]
@@ -330,6 +349,7 @@ async fn nix_eval_jobs_lines_become_jobs() {
             .starts_with("error: attribute 'nope' missing")
     );
     assert_eq!(broken.drv_path, None);
+    assert_eq!(broken.system, "x86_64-linux");
 
     let args = std::fs::read_to_string(bin.path().join("args")).unwrap();
     let args: Vec<&str> = args.lines().collect();
