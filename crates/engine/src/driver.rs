@@ -381,9 +381,37 @@ impl Driver {
                 continue;
             }
             rec.status = JobStatus::DependencyFailed;
-            let name = root.map(|r| self.jobs[r as usize].eval.attr.clone());
+            let (name, error) = match root {
+                Some(r) => {
+                    let root = &self.jobs[r as usize];
+                    let attr = root.eval.attr.clone();
+                    match root.status {
+                        // It did not fail itself: name what it was waiting
+                        // for (the job or non-job derivation that failed).
+                        JobStatus::DependencyFailed => {
+                            let name = root.failed_dependency.clone().unwrap_or(attr);
+                            let error = root
+                                .error
+                                .clone()
+                                .unwrap_or_else(|| format!("dependency {name} failed"));
+                            (Some(name), Some(error))
+                        }
+                        JobStatus::UnsupportedSystem => {
+                            let error = format!(
+                                "depends on {attr}, whose system is not built here (see --systems)"
+                            );
+                            (Some(attr), Some(error))
+                        }
+                        _ => {
+                            let error = format!("dependency {attr} failed");
+                            (Some(attr), Some(error))
+                        }
+                    }
+                }
+                None => (None, None),
+            };
             let rec = &mut self.jobs[id as usize];
-            rec.error = name.as_ref().map(|n| format!("dependency {n} failed"));
+            rec.error = error;
             rec.failed_dependency = name;
             let attr = rec.eval.attr.clone();
             self.progress

@@ -189,6 +189,51 @@ async fn a_failure_fails_its_dependents_and_spares_the_rest() {
 }
 
 #[tokio::test]
+async fn failed_dependency_names_what_really_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let flake = dir.path().join("flake");
+    write_flake(
+        &flake,
+        r#"let
+      bad = mk "bad-helper" "echo helper-breaks; exit 4" [ ];
+      c = self.checks.x86_64-linux;
+    in {
+      checks.x86_64-linux = {
+        viaHelper = mk "via-helper" "echo > $out" [ bad ];
+        top = mk "top" "echo > $out" [ c.viaHelper ];
+        usesArm = mk "uses-arm" "echo > $out" [ self.checks.aarch64-linux.arm ];
+        aboveArm = mk "above-arm" "echo > $out" [ c.usesArm ];
+      };
+      checks.aarch64-linux.arm = mkFor "aarch64-linux" "arm" "echo > $out" [ ];
+    }"#,
+    );
+    let mut o = options(&flake, &dir.path().join("logs"));
+    o.systems = Some(vec![SYSTEM.to_string()]);
+    let r = go(o).await;
+    let by = jobs(&r);
+    let via = by["x86_64-linux.viaHelper"];
+    assert_eq!(via.status, JobStatus::DependencyFailed, "{via:?}");
+    let bad = via.failed_dependency.as_deref().unwrap();
+    assert!(bad.ends_with("-bad-helper.drv"), "{via:?}");
+    // `top` waited for `viaHelper`, which did not fail itself: the root
+    // cause is the non-job derivation.
+    let top = by["x86_64-linux.top"];
+    assert_eq!(top.status, JobStatus::DependencyFailed, "{top:?}");
+    assert_eq!(top.failed_dependency.as_deref(), Some(bad), "{top:?}");
+    assert!(top.error.as_deref().unwrap().contains(bad), "{top:?}");
+
+    assert_eq!(by["aarch64-linux.arm"].status, JobStatus::UnsupportedSystem);
+    for attr in ["x86_64-linux.usesArm", "x86_64-linux.aboveArm"] {
+        let j = by[attr];
+        assert_eq!(j.status, JobStatus::DependencyFailed, "{j:?}");
+        assert_eq!(j.failed_dependency.as_deref(), Some("aarch64-linux.arm"));
+        let e = j.error.as_deref().unwrap();
+        assert!(e.contains("aarch64-linux.arm"), "{e}");
+        assert!(e.contains("--systems") && !e.contains("failed"), "{e}");
+    }
+}
+
+#[tokio::test]
 async fn evaluation_errors_are_isolated_and_foreign_systems_are_not_failures() {
     let dir = tempfile::tempdir().unwrap();
     let flake = dir.path().join("flake");
