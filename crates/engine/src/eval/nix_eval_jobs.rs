@@ -218,11 +218,34 @@ pub(super) fn whole_failure(req: &EvalRequest, message: String) -> EvalError {
             attribute: req.attribute.clone(),
         }
     } else {
+        let mut message = one_line(&message);
+        if req.max_memory_mib > 0 && looks_out_of_memory(&message) {
+            message.push_str(&format!(
+                " (the memory cap is {} MiB; raise --eval-max-memory-size)",
+                req.max_memory_mib
+            ));
+        }
         EvalError::Flake {
             flake: req.flake_dir.display().to_string(),
-            message: one_line(&message),
+            message,
         }
     }
+}
+
+/// Whether a message looks like a process that could not map or allocate
+/// memory (as under a too small address-space cap).
+pub(super) fn looks_out_of_memory(message: &str) -> bool {
+    [
+        "failed to map segment",
+        "error while loading shared libraries",
+        "cannot allocate memory",
+        "out of memory",
+        "bad_alloc",
+        "cannot mmap",
+        "mmap failed",
+    ]
+    .iter()
+    .any(|m| message.to_ascii_lowercase().contains(m))
 }
 
 /// Nix's first `error:` line plus its location, on one line, with the
@@ -260,6 +283,10 @@ mod tests {
         );
         assert_eq!(one_line("error: boom\n"), "boom");
         assert_eq!(one_line(""), "nix failed without a message");
+        assert!(looks_out_of_memory(
+            "nix: error while loading shared libraries: libnixexpr.so: failed to map segment from shared object"
+        ));
+        assert!(!looks_out_of_memory("syntax error, unexpected ';'"));
     }
 
     #[test]

@@ -620,3 +620,26 @@ async fn flake_directories_with_spaces_and_hashes_evaluate() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_memory_cap_too_small_to_start_nix_says_to_raise_it() {
+    let nix = nix().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_flake(
+        dir.path(),
+        r#"{ checks.x86_64-linux.a = x "a" "echo > $out"; }"#,
+    );
+    for workers in [1, 2] {
+        let mut req = builtin(dir.path(), workers);
+        req.max_memory_mib = 50;
+        let (r, jobs) = run(&nix, &req).await;
+        let e = r.unwrap_err();
+        assert!(matches!(e, EvalError::Flake { .. }), "{e}");
+        assert!(
+            e.to_string().ends_with("raise --eval-max-memory-size)"),
+            "{e}"
+        );
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+        assert!(jobs.is_empty());
+    }
+}
