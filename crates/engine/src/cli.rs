@@ -148,6 +148,9 @@ pub fn main(args: RunArgs) -> ExitCode {
                 let _ = cancel_tx.send(true);
             }
             if tokio::signal::ctrl_c().await.is_ok() {
+                // Exiting at once skips `kill_on_drop`, and the batches run
+                // in process groups of their own: kill them first.
+                kiln_nix::build::kill_live_groups();
                 std::process::exit(130);
             }
         });

@@ -8,9 +8,10 @@
 //! retry anything or write logs: it reports [`BuildEvent`]s and the caller
 //! decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -104,6 +105,9 @@ impl BatchBuild {
             source,
         })?;
         let pgid = child.id().map(|p| p as i32);
+        if let Some(g) = pgid {
+            live_groups().insert(g);
+        }
         let stderr = child.stderr.take().expect("stderr is piped");
         Ok(BuildProcess {
             child,
@@ -185,11 +189,61 @@ impl BuildProcess {
             self.signal_group(libc::SIGKILL);
             let _ = self.child.wait().await;
         }
+        self.forget_group();
     }
 
     /// Wait for the process and return whether it exited successfully.
     pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
+        let status = self.child.wait().await;
+        if status.is_ok() {
+            self.forget_group();
+        }
+        status
+    }
+
+    /// The process group of the batch, while it is registered as live.
+    pub fn group(&self) -> Option<i32> {
+        self.pgid
+    }
+
+    /// Take the group off the live registry (its leader was reaped, so the
+    /// id may be reused).
+    fn forget_group(&mut self) {
+        if let Some(g) = self.pgid.take() {
+            live_groups().remove(&g);
+        }
+    }
+}
+
+impl Drop for BuildProcess {
+    fn drop(&mut self) {
+        self.forget_group();
+    }
+}
+
+/// Process groups of batches started and not yet reaped, for
+/// [`kill_live_groups`].
+static LIVE_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn live_groups() -> MutexGuard<'static, BTreeSet<i32>> {
+    LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `pgid` is the group of a batch still running (not yet reaped).
+pub fn is_live_group(pgid: i32) -> bool {
+    live_groups().contains(&pgid)
+}
+
+/// SIGKILL the process group of every batch not yet reaped: for a process
+/// about to exit at once (a second Ctrl-C), where `kill_on_drop` never runs
+/// and the builders, in groups of their own, would outlive it.
+pub fn kill_live_groups() {
+    for &g in live_groups().iter() {
+        // SAFETY: killpg has no memory-safety preconditions; a group that is
+        // gone at worst yields ESRCH.
+        unsafe {
+            libc::killpg(g, libc::SIGKILL);
+        }
     }
 }
 

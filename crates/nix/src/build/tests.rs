@@ -223,3 +223,22 @@ exit 3"#,
     // Once at EOF it stays there.
     assert!(p.next_events().await.is_none());
 }
+
+#[tokio::test]
+async fn running_batches_are_registered_until_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = BatchBuild::new(vec![], 1);
+    b.nix_store = fake_nix_store(dir.path(), "echo started >&2; while :; do :; done");
+    let mut p = b.spawn().unwrap();
+    let g = p.group().expect("a process group");
+    assert!(is_live_group(g));
+    p.next_events().await.unwrap();
+    p.kill_group(Duration::from_secs(5)).await;
+    assert!(!is_live_group(g));
+
+    let mut p = b.spawn().unwrap();
+    let g = p.group().unwrap();
+    assert!(is_live_group(g));
+    drop(p);
+    assert!(!is_live_group(g));
+}
