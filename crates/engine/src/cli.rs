@@ -92,6 +92,9 @@ impl RunArgs {
         if self.max_jobs == Some(0) {
             return Err("--max-jobs must be at least 1".into());
         }
+        if let Some(systems) = &self.systems {
+            crate::run::check_systems(systems)?;
+        }
         let log_dir = self.log_dir.clone().unwrap_or_else(|| {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -258,6 +261,24 @@ mod tests {
             .unwrap();
         assert_eq!(o.timeout, Some(Duration::from_secs(30)));
         assert_eq!(o.max_silent_time, None);
+    }
+
+    #[test]
+    fn rejects_empty_systems() {
+        for bad in [
+            &["--systems", ""][..],
+            &["--systems", "x86_64-linux,"],
+            &["--systems", "a,,b"],
+        ] {
+            let e = parse(bad).options().unwrap_err();
+            assert!(
+                e.contains("--systems") && e.contains("empty"),
+                "{bad:?}: {e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let o = parse(&["--systems", "x86_64-linux"]).options().unwrap();
+        assert_eq!(o.systems, Some(vec!["x86_64-linux".to_string()]));
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
     if opts.max_jobs == 0 {
         return Err(RunError::Usage("--max-jobs must be at least 1".into()));
     }
+    if let Some(s) = &opts.systems {
+        check_systems(s).map_err(RunError::Usage)?;
+    }
     let nix = Nix::detect().await?;
     let source = source::prepare(&nix, &opts.flake, opts.rev.as_deref()).await?;
     let attribute = opts
@@ -174,7 +177,7 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
     let eval_task = tokio::spawn(async move { eval::evaluate(&eval_nix, &req, tx).await });
     let cfg = DriverConfig {
         max_jobs: opts.max_jobs,
-        systems,
+        systems: systems.clone(),
         exec: Arc::new(ExecConfig {
             max_silent_time: opts.max_silent_time,
             timeout: opts.timeout,
@@ -197,6 +200,9 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
         attribute,
         driven.jobs,
     );
+    if let Some(w) = no_system_built_warning(&report, &systems) {
+        eprintln!("{w}");
+    }
     let mut progress = driven.progress;
     progress.finish(&report, driven.cancelled);
     Ok(RunOutcome {
@@ -204,4 +210,37 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
         interrupted: driven.cancelled,
         eval,
     })
+}
+
+/// Reject a `--systems` list with an empty entry (`--systems ''`, a stray
+/// comma): it would build nothing and still succeed.
+pub fn check_systems(systems: &[String]) -> Result<(), String> {
+    if systems.is_empty() || systems.iter().any(|s| s.trim().is_empty()) {
+        return Err(format!(
+            "--systems has an empty entry ({:?}); give comma-separated systems such as x86_64-linux",
+            systems.join(",")
+        ));
+    }
+    Ok(())
+}
+
+/// A one-line warning when jobs were evaluated but none is for a system
+/// being built (so nothing was built, yet the run succeeds).
+pub fn no_system_built_warning(report: &Report, building: &HashSet<String>) -> Option<String> {
+    let found: std::collections::BTreeSet<&str> = report
+        .jobs
+        .iter()
+        .map(|j| j.system.as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if found.is_empty() || found.iter().any(|s| building.contains(*s)) {
+        return None;
+    }
+    let mut built: Vec<&str> = building.iter().map(String::as_str).collect();
+    built.sort_unstable();
+    Some(format!(
+        "kiln run: warning: no job is for a system being built (jobs are for: {}; building for: {}); pass --systems to change",
+        found.into_iter().collect::<Vec<_>>().join(", "),
+        built.join(", ")
+    ))
 }

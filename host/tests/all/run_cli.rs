@@ -139,6 +139,32 @@ fn unsupported_systems_alone_exit_0() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(json(&out)["summary"]["unsupported_system"], 1);
+    // Nothing was built: say so, naming what was found and what was built.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("warning") && l.contains("--systems"))
+        .unwrap_or_else(|| panic!("a warning on stderr: {stderr}"));
+    assert!(
+        warning.contains("x86_64-linux") && warning.contains("riscv64-linux"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn empty_systems_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    flake(&f, r#"ok = mk "ok" "echo > $out";"#);
+    for systems in ["", "x86_64-linux,"] {
+        let out = Command::new(KILN)
+            .args(["run", f.to_str().unwrap(), "--json", "--systems", systems])
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
+            .output()
+            .unwrap();
+        assert_exit_2(&out, "--systems");
+    }
 }
 
 fn assert_exit_2(out: &Output, needle: &str) {
