@@ -473,6 +473,11 @@ pub fn is_transient(message: &str) -> bool {
         "resource temporarily unavailable",
     ];
     let lower = message.to_ascii_lowercase();
+    // "error: writing to file" is usually a full disk, which retrying
+    // does not fix.
+    if lower.contains("no space left on device") {
+        return false;
+    }
     PATTERNS.iter().any(|p| lower.contains(p))
 }
 

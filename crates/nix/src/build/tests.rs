@@ -155,6 +155,17 @@ fn transient_failures_are_daemon_trouble_only() {
 }
 
 #[test]
+fn a_full_disk_is_not_transient() {
+    assert!(is_transient("error: writing to file: Broken pipe"));
+    assert!(!is_transient(
+        "error: writing to file: No space left on device"
+    ));
+    assert!(!is_transient(
+        "error: writing to file '/nix/store/x-y.tmp': No space left on device"
+    ));
+}
+
+#[test]
 fn command_line_has_batch_flags() {
     let mut b = BatchBuild::new(
         vec!["/nix/store/a.drv".into(), "/nix/store/b.drv".into()],
