@@ -55,11 +55,13 @@ pub enum SourceError {
     Config(#[from] RepoConfigError),
     /// The configured `lock_file` does not exist.
     #[error(
-        "lock file {path} (from `lock_file` in buildbot-nix.toml) does not exist; commit it or fix `lock_file`"
+        "lock file {shown} (from `lock_file` in buildbot-nix.toml) does not exist; commit it or fix `lock_file`"
     )]
     LockFileMissing {
         /// Where it was expected.
         path: PathBuf,
+        /// The same for messages (relative to the URL in a clone).
+        shown: String,
     },
     /// A local file operation failed.
     #[error("{what}: {source}")]
@@ -87,21 +89,33 @@ pub fn is_url(flake: &str) -> bool {
 /// Prepare FLAKE (at `rev` if given) for evaluation.
 pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source, SourceError> {
     let mut temp = Vec::new();
+    // For a clone: its directory and how to name it in messages.
+    let mut clone_of: Option<(PathBuf, String)> = None;
     let root = if is_url(flake) {
-        let (url, query_rev, query_ref) = split_url(flake);
+        let parts = split_url(flake);
+        let sub = checked_dir(flake, parts.dir.as_deref())?;
         let dir =
             TempDir::with_prefix("kiln-src-").map_err(io("creating a temporary directory"))?;
-        let want = rev.map(str::to_string).or(query_rev);
+        let want = rev.map(str::to_string).or(parts.rev);
         clone(
-            &url,
+            &parts.url,
             want.as_deref(),
-            query_ref.as_deref(),
+            parts.reference.as_deref(),
             dir.path(),
             flake,
         )
         .await?;
-        let root = dir.path().to_path_buf();
+        let top = dir.path().to_path_buf();
         temp.push(dir);
+        let label = label(flake, want.as_deref());
+        let root = top.join(&sub);
+        if !root.is_dir() {
+            return Err(SourceError::FlakeNotFound {
+                flake: flake.to_string(),
+                reason: format!("no directory `{}` in {label}", sub.display()),
+            });
+        }
+        clone_of = Some((top, label));
         root
     } else {
         let dir = Path::new(flake);
@@ -117,7 +131,7 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
         match rev {
             None => dir,
             Some(rev) => {
-                if git_head(&dir).await.is_none() {
+                let Some((top, prefix)) = work_tree(&dir).await else {
                     return Err(SourceError::FlakeNotFound {
                         flake: flake.to_string(),
                         reason: format!(
@@ -125,13 +139,24 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
                             dir.display()
                         ),
                     });
-                }
+                };
                 let t = TempDir::with_prefix("kiln-src-")
                     .map_err(io("creating a temporary directory"))?;
-                let url = format!("file://{}", dir.display());
+                // Clone the whole repository and go back to the same
+                // subdirectory inside it.
+                let url = format!("file://{}", top.display());
                 clone(&url, Some(rev), None, t.path(), flake).await?;
-                let root = t.path().to_path_buf();
+                let clone_top = t.path().to_path_buf();
                 temp.push(t);
+                let label = label(flake, Some(rev));
+                let root = clone_top.join(&prefix);
+                if !root.is_dir() {
+                    return Err(SourceError::FlakeNotFound {
+                        flake: flake.to_string(),
+                        reason: format!("no directory `{}` in {label}", prefix.display()),
+                    });
+                }
+                clone_of = Some((clone_top, label));
                 root
             }
         }
@@ -139,6 +164,21 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
     // Canonical, so that `flake_dir` (resolved through symlinks) stays a
     // prefix-comparable path below it.
     let root = root.canonicalize().unwrap_or(root);
+    let clone_of = clone_of.map(|(top, label)| (top.canonicalize().unwrap_or(top), label));
+    // A path in messages: relative to the URL for a clone, never its
+    // temporary directory.
+    let shown = |path: &Path| match &clone_of {
+        Some((top, label)) => {
+            let rel = path.strip_prefix(top).unwrap_or(path);
+            let rel = if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                rel
+            };
+            format!("`{}` of {label}", rel.display())
+        }
+        None => path.display().to_string(),
+    };
     let rev = git_head(&root).await;
     let config = RepoConfig::load(&root)?;
     let mut flake_dir = config.resolve_flake_dir(&root)?;
@@ -147,7 +187,7 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
             flake: flake.to_string(),
             reason: format!(
                 "no flake.nix in {} (flake_dir = {:?}); point FLAKE or `flake_dir` at a flake",
-                flake_dir.display(),
+                shown(&flake_dir),
                 config.flake_dir
             ),
         });
@@ -156,7 +196,8 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
     if config.has_custom_lock_file() {
         let lock = config.resolve_lock_file(&root)?;
         if !lock.is_file() {
-            return Err(SourceError::LockFileMissing { path: lock });
+            let shown = shown(&lock);
+            return Err(SourceError::LockFileMissing { path: lock, shown });
         }
         if nix.version().has_reference_lock_file() {
             reference_lock_file = Some(lock);
@@ -182,21 +223,107 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
     })
 }
 
-/// Split `git+https://host/repo?ref=main&rev=abc` into the URL git
-/// understands, the `rev` and the `ref`.
-fn split_url(flake: &str) -> (String, Option<String>, Option<String>) {
+/// The parts of a flake-style git URL.
+#[derive(Debug, PartialEq, Eq)]
+struct UrlParts {
+    /// The URL git understands.
+    url: String,
+    rev: Option<String>,
+    reference: Option<String>,
+    /// `dir`: the subdirectory to use (unchecked).
+    dir: Option<String>,
+}
+
+/// Split `git+https://host/repo?ref=main&rev=abc&dir=sub` into its parts.
+fn split_url(flake: &str) -> UrlParts {
     let flake = flake.strip_prefix("git+").unwrap_or(flake);
     let (url, query) = flake.split_once('?').unwrap_or((flake, ""));
-    let mut rev = None;
-    let mut reference = None;
+    let mut parts = UrlParts {
+        url: url.to_string(),
+        rev: None,
+        reference: None,
+        dir: None,
+    };
     for pair in query.split('&') {
         match pair.split_once('=') {
-            Some(("rev", v)) => rev = Some(v.to_string()),
-            Some(("ref", v)) => reference = Some(v.to_string()),
+            Some(("rev", v)) => parts.rev = Some(percent_decode(v)),
+            Some(("ref", v)) => parts.reference = Some(percent_decode(v)),
+            Some(("dir", v)) => parts.dir = Some(percent_decode(v)),
             _ => {}
         }
     }
-    (url.to_string(), rev, reference)
+    parts
+}
+
+/// `%XX` escapes (and `+` as a space) decoded; invalid escapes kept as is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `dir` of a URL as a relative path that stays inside the repository.
+fn checked_dir(flake: &str, dir: Option<&str>) -> Result<PathBuf, SourceError> {
+    let Some(dir) = dir.filter(|d| !d.is_empty()) else {
+        return Ok(PathBuf::new());
+    };
+    let path = Path::new(dir);
+    let ok = path.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !ok {
+        return Err(SourceError::FlakeNotFound {
+            flake: flake.to_string(),
+            reason: format!(
+                "`dir={dir}` must be a relative directory inside the repository (no `..`, not absolute)"
+            ),
+        });
+    }
+    Ok(path.to_path_buf())
+}
+
+/// `<flake> at rev <rev>` (or `at its default branch`) for messages.
+fn label(flake: &str, rev: Option<&str>) -> String {
+    match rev {
+        Some(rev) => format!("{flake} at rev {rev}"),
+        None => format!("{flake} at its default branch"),
+    }
+}
+
+/// The top of the git work tree containing `dir` and `dir` relative to it.
+async fn work_tree(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let out = git(
+        Some(dir),
+        &["rev-parse", "--show-toplevel", "--show-prefix"],
+    )
+    .await
+    .ok()?;
+    let mut lines = out.lines();
+    let top = lines.next().filter(|l| !l.is_empty())?;
+    let prefix = lines.next().unwrap_or_default();
+    Some((PathBuf::from(top), PathBuf::from(prefix)))
 }
 
 async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, SourceError> {
@@ -240,6 +367,25 @@ async fn clone(
     dir: &Path,
     flake: &str,
 ) -> Result<(), SourceError> {
+    clone_in(url, rev, reference, dir, flake)
+        .await
+        .map_err(|e| match e {
+            // Name the URL, not the temporary directory.
+            SourceError::Git { command, message } => SourceError::Git {
+                command: command.replace(&dir.display().to_string(), &format!("<clone of {url}>")),
+                message: message.replace(&dir.display().to_string(), "<clone>"),
+            },
+            e => e,
+        })
+}
+
+async fn clone_in(
+    url: &str,
+    rev: Option<&str>,
+    reference: Option<&str>,
+    dir: &Path,
+    flake: &str,
+) -> Result<(), SourceError> {
     let d = dir.to_str().ok_or_else(|| SourceError::FlakeNotFound {
         flake: flake.to_string(),
         reason: "temporary directory is not UTF-8".into(),
@@ -269,7 +415,15 @@ async fn clone(
                     ],
                 )
                 .await?;
-                git(Some(dir), &["checkout", "--quiet", "--detach", rev]).await?;
+                git(Some(dir), &["checkout", "--quiet", "--detach", rev])
+                    .await
+                    .map_err(|e| match e {
+                        SourceError::Git { command, message } => SourceError::Git {
+                            command: format!("{command} (in a clone of {url})"),
+                            message,
+                        },
+                        e => e,
+                    })?;
             } else {
                 git(
                     Some(dir),
@@ -290,6 +444,16 @@ async fn git_head(dir: &Path) -> Option<String> {
         return None;
     }
     let head = git(Some(dir), &["rev-parse", "HEAD"]).await.ok()?;
+    // Modified tracked files: Nix evaluates a dirty tree, which has no rev.
+    let status = git(
+        Some(dir),
+        &["status", "--porcelain", "--untracked-files=no"],
+    )
+    .await
+    .ok()?;
+    if !status.trim().is_empty() {
+        return None;
+    }
     Some(head.trim().to_string())
 }
 
@@ -353,17 +517,28 @@ mod tests {
     #[test]
     fn splits_flake_style_git_urls() {
         assert_eq!(
-            split_url("git+https://example.org/r.git?ref=main&rev=abc"),
-            (
-                "https://example.org/r.git".into(),
-                Some("abc".into()),
-                Some("main".into())
-            )
+            split_url("git+https://example.org/r.git?ref=main&rev=abc&dir=ci%20dir"),
+            UrlParts {
+                url: "https://example.org/r.git".into(),
+                rev: Some("abc".into()),
+                reference: Some("main".into()),
+                dir: Some("ci dir".into()),
+            }
         );
         assert_eq!(
             split_url("git+file:///srv/r"),
-            ("file:///srv/r".into(), None, None)
+            UrlParts {
+                url: "file:///srv/r".into(),
+                rev: None,
+                reference: None,
+                dir: None,
+            }
         );
+        assert_eq!(percent_decode("a%2Fb%zz%"), "a/b%zz%");
+        assert!(checked_dir("f", Some("../x")).is_err());
+        assert!(checked_dir("f", Some("/abs")).is_err());
+        assert_eq!(checked_dir("f", Some("a/b")).unwrap(), PathBuf::from("a/b"));
+        assert_eq!(checked_dir("f", None).unwrap(), PathBuf::new());
         assert!(is_url("git+file:///srv/r"));
         assert!(is_url("https://example.org/r.git"));
         assert!(!is_url("./examples/hello-flake"));

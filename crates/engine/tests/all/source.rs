@@ -262,3 +262,130 @@ async fn bad_inputs_are_one_line_errors() {
     assert!(e.to_string().contains("deadbeef"), "{e}");
     assert_eq!(e.to_string().lines().count(), 1, "{e}");
 }
+
+#[tokio::test]
+async fn rev_of_a_flake_in_a_subdirectory_of_a_git_repo() {
+    let nix = nix().await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    let sub = repo.path().join("sub");
+    write_flake(
+        &sub,
+        r#"{ checks.x86_64-linux.first = x "first" "echo > $out"; }"#,
+    );
+    let first = commit_all(repo.path(), "first");
+    write_flake(
+        &sub,
+        r#"{ checks.x86_64-linux.second = x "second" "echo > $out"; }"#,
+    );
+    let second = commit_all(repo.path(), "second");
+    for (rev, want, name) in [
+        ("HEAD", &second, "x86_64-linux.second"),
+        (first.as_str(), &first, "x86_64-linux.first"),
+    ] {
+        let s = prepare(&nix, sub.to_str().unwrap(), Some(rev))
+            .await
+            .unwrap();
+        assert_eq!(s.rev.as_deref(), Some(want.as_str()));
+        assert!(!s.flake_dir.starts_with(repo.path()));
+        assert!(s.flake_dir.ends_with("sub"), "{}", s.flake_dir.display());
+        assert_eq!(job_names(&s.flake_dir, "checks").await, [name]);
+    }
+}
+
+#[tokio::test]
+async fn a_dirty_work_tree_has_no_rev() {
+    let nix = nix().await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    write_flake(
+        repo.path(),
+        r#"{ checks.x86_64-linux.a = x "a" "echo > $out"; }"#,
+    );
+    let head = commit_all(repo.path(), "one");
+    // Untracked files do not make the flake dirty.
+    std::fs::write(repo.path().join("untracked"), "x").unwrap();
+    let s = prepare(&nix, repo.path().to_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(s.rev.as_deref(), Some(head.as_str()));
+    // A modified tracked file does.
+    std::fs::write(
+        repo.path().join("flake.nix"),
+        "{ outputs = { self }: { }; }",
+    )
+    .unwrap();
+    let s = prepare(&nix, repo.path().to_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(s.rev, None);
+    // So does a staged one, and in a subdirectory too.
+    std::fs::create_dir(repo.path().join("sub")).unwrap();
+    write_flake(&repo.path().join("sub"), "{ }");
+    git(repo.path(), &["checkout", "--", "flake.nix"]);
+    git(repo.path(), &["add", "sub/flake.nix"]);
+    let s = prepare(&nix, repo.path().join("sub").to_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(s.rev, None);
+}
+
+#[tokio::test]
+async fn the_dir_of_a_git_url_selects_the_flake() {
+    let nix = nix().await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    write_flake(
+        repo.path(),
+        r#"{ checks.x86_64-linux.top = x "top" "echo > $out"; }"#,
+    );
+    write_flake(
+        &repo.path().join("sub"),
+        r#"{ checks.x86_64-linux.sub = x "sub" "echo > $out"; }"#,
+    );
+    let head = commit_all(repo.path(), "one");
+    let url = format!("git+file://{}", repo.path().display());
+
+    let s = prepare(&nix, &format!("{url}?dir=sub"), None)
+        .await
+        .unwrap();
+    assert_eq!(s.rev.as_deref(), Some(head.as_str()));
+    assert!(s.flake_dir.ends_with("sub"));
+    assert_eq!(
+        job_names(&s.flake_dir, "checks").await,
+        ["x86_64-linux.sub"]
+    );
+    let s = prepare(&nix, &format!("{url}?rev={head}&dir=sub"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        job_names(&s.flake_dir, "checks").await,
+        ["x86_64-linux.sub"]
+    );
+
+    for bad in ["../x", "/etc"] {
+        let e = prepare(&nix, &format!("{url}?dir={bad}"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SourceError::FlakeNotFound { .. }), "{e}");
+        assert!(e.to_string().contains("relative directory"), "{e}");
+    }
+
+    // Messages name the URL and rev, not a temporary clone.
+    let missing = format!("{url}?dir=absent");
+    let e = prepare(&nix, &missing, Some(&head)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&missing) && text.contains(&head), "{text}");
+    assert!(!text.contains("kiln-src-"), "{text}");
+    std::fs::create_dir(repo.path().join("empty")).unwrap();
+    std::fs::write(repo.path().join("empty/README"), "").unwrap();
+    commit_all(repo.path(), "two");
+    let e = prepare(&nix, &format!("{url}?dir=empty"), None)
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("no flake.nix in `empty` of"), "{text}");
+    assert!(!text.contains("kiln-src-"), "{text}");
+    let e = prepare(&nix, &url, Some("deadbeef")).await.unwrap_err();
+    assert!(!e.to_string().contains("kiln-src-"), "{e}");
+}
