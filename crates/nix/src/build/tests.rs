@@ -247,7 +247,7 @@ async fn running_batches_are_registered_until_reaped() {
     p.kill_group(Duration::from_secs(5)).await;
     assert!(!is_live_group(g));
 
-    let mut p = b.spawn().unwrap();
+    let p = b.spawn().unwrap();
     let g = p.group().unwrap();
     assert!(is_live_group(g));
     drop(p);
