@@ -51,9 +51,9 @@ pub struct RunOptions {
     pub eval_workers: Option<usize>,
     /// Memory cap per evaluator in MiB; `None` = the evaluator's default.
     pub eval_max_memory_mib: Option<u64>,
-    /// `--max-silent-time`.
+    /// `--max-silent-time`; zero means no limit, as for Nix.
     pub max_silent_time: Option<Duration>,
-    /// `--timeout`.
+    /// `--timeout`; zero means no limit, as for Nix.
     pub timeout: Option<Duration>,
     /// Directory for per-job logs.
     pub log_dir: PathBuf,
@@ -179,8 +179,8 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
         max_jobs: opts.max_jobs,
         systems: systems.clone(),
         exec: Arc::new(ExecConfig {
-            max_silent_time: opts.max_silent_time,
-            timeout: opts.timeout,
+            max_silent_time: opts.max_silent_time.filter(|d| !d.is_zero()),
+            timeout: opts.timeout.filter(|d| !d.is_zero()),
             log_dir: opts.log_dir.clone(),
         }),
         failed_cache: opts.failed_cache.clone(),
