@@ -153,23 +153,91 @@ async fn git_urls_and_pinned_revs() {
     assert!(!root.exists());
 }
 
+/// `nix flake lock` of `flake` with input `dep` at its newest revision.
+async fn lock_newest(flake: &Path) {
+    let nix = nix().await;
+    let mut cmd = nix.command("nix");
+    cmd.arg("flake")
+        .arg("lock")
+        .arg(flake)
+        .args(["--update-input", "dep"]);
+    kiln_nix::run_output(&mut cmd, "nix flake lock")
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn another_lock_file_is_evaluated_from_a_copy_on_nix_2_8() {
     let nix = nix().await;
+    // An input with two revisions: the lock file decides which one is used.
+    let dep = tempfile::tempdir().unwrap();
+    git(dep.path(), &["init", "-q"]);
+    std::fs::write(dep.path().join("value"), "one").unwrap();
+    let one = commit_all(dep.path(), "one");
+    let dep_url = format!("git+file://{}", dep.path().display());
+
     let repo = tempfile::tempdir().unwrap();
     git(repo.path(), &["init", "-q"]);
-    write_flake(
-        &repo.path().join("ci"),
-        r#"{ checks.x86_64-linux.a = x "a" "echo > $out"; }"#,
+    let ci = repo.path().join("ci");
+    std::fs::create_dir_all(&ci).unwrap();
+    std::fs::write(
+        ci.join("flake.nix"),
+        format!(
+            r#"{{
+  inputs.dep = {{ url = "{dep_url}"; flake = false; }};
+  outputs = {{ self, dep }}: let
+    v = builtins.readFile "${{dep}}/value";
+  in {{
+    checks.x86_64-linux.${{v}} = derivation {{
+      name = v; system = "x86_64-linux"; builder = "/bin/sh";
+      salt = "{salt}"; args = [ "-c" "echo > $out" ];
+    }};
+  }};
+}}
+"#,
+            salt = super::eval::salt()
+        ),
+    )
+    .unwrap();
+    git(repo.path(), &["add", "ci/flake.nix"]);
+    lock_newest(&ci).await;
+    let first_lock = std::fs::read_to_string(ci.join("flake.lock")).unwrap();
+    std::fs::write(dep.path().join("value"), "two").unwrap();
+    let two = commit_all(dep.path(), "two");
+    lock_newest(&ci).await;
+    std::fs::rename(ci.join("flake.lock"), ci.join("ci.lock")).unwrap();
+    std::fs::write(ci.join("flake.lock"), first_lock).unwrap();
+    let lock = std::fs::read_to_string(ci.join("ci.lock")).unwrap();
+    assert!(lock.contains(&two) && !lock.contains(&one), "{lock}");
+    assert!(
+        std::fs::read_to_string(ci.join("flake.lock"))
+            .unwrap()
+            .contains(&one)
     );
-    let lock = r#"{"nodes":{"root":{}},"root":"root","version":7}"#;
-    std::fs::write(repo.path().join("ci/ci.lock"), lock).unwrap();
+    std::fs::write(
+        repo.path().join("buildbot-nix.toml"),
+        "flake_dir = \"ci\"\n",
+    )
+    .unwrap();
+    commit_all(repo.path(), "one");
+
+    // The flake's own flake.lock: the first revision.
+    let s = prepare(&nix, repo.path().to_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(s.reference_lock_file, None);
+    assert_eq!(
+        job_names(&s.flake_dir, "checks").await,
+        ["x86_64-linux.one"]
+    );
+
+    // `lock_file = "ci.lock"`: the second.
     std::fs::write(
         repo.path().join("buildbot-nix.toml"),
         "flake_dir = \"ci\"\nlock_file = \"ci.lock\"\n",
     )
     .unwrap();
-    commit_all(repo.path(), "one");
+    commit_all(repo.path(), "two");
     std::fs::write(repo.path().join("untracked"), "x").unwrap();
     let s = prepare(&nix, repo.path().to_str().unwrap(), None)
         .await
@@ -185,8 +253,18 @@ async fn another_lock_file_is_evaluated_from_a_copy_on_nix_2_8() {
                     .as_path()
             )
         );
+        let mut req = EvalRequest::for_source(&s, None);
+        req.evaluator = EvaluatorChoice::Builtin;
+        req.workers = 1;
+        let (r, jobs) = run(&nix, &req).await;
+        r.unwrap();
+        assert_eq!(jobs.into_keys().collect::<Vec<_>>(), ["x86_64-linux.two"]);
         return;
     }
+    assert_eq!(
+        job_names(&s.flake_dir, "checks").await,
+        ["x86_64-linux.two"]
+    );
     assert!(!s.flake_dir.starts_with(repo.path()));
     assert!(s.flake_dir.ends_with("ci"));
     assert_eq!(
@@ -200,7 +278,6 @@ async fn another_lock_file_is_evaluated_from_a_copy_on_nix_2_8() {
         "only tracked files are copied"
     );
     assert!(!copy_root.join(".git").exists());
-    assert_eq!(job_names(&s.flake_dir, "checks").await, ["x86_64-linux.a"]);
 }
 
 #[tokio::test]
