@@ -11,4 +11,5 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod plugins;
+pub mod post_build;
 pub mod store;

@@ -130,10 +130,19 @@ impl RunArgs {
 
 /// `kiln run`: run, write the reports, return the contract's exit code.
 pub fn main(args: RunArgs) -> ExitCode {
-    let opts = match args.options() {
+    main_with(args, None)
+}
+
+/// [`main`] with post-build steps run by `hook` on each job that built.
+pub fn main_with(
+    args: RunArgs,
+    hook: Option<std::sync::Arc<dyn crate::run::PostBuildHook>>,
+) -> ExitCode {
+    let mut opts = match args.options() {
         Ok(o) => o,
         Err(e) => return usage_error(&e),
     };
+    opts.post_build = hook;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

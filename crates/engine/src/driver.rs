@@ -23,7 +23,7 @@ use crate::graph::DrvGraph;
 use crate::job::{CacheStatus, EvalJob, JobStatus};
 use crate::logfile;
 use crate::progress::Progress;
-use crate::report::{JobReport, PostBuildResult};
+use crate::report::{JobReport, PostBuildResult, PostBuildStatus};
 use crate::run::PostBuildHook;
 use crate::scheduler::{JobId, Scheduler, SystemId};
 
@@ -164,7 +164,7 @@ impl Driver {
                 Some(ev) = self.exec_rx.recv() => self.on_exec(ev),
                 Some(done) = self.hooks.join_next(), if !self.hooks.is_empty() => {
                     if let Ok((id, results)) = done {
-                        self.jobs[id as usize].post_build = results;
+                        self.record_post_build(id, results);
                     }
                 }
                 _ = tick.tick() => {
@@ -181,7 +181,7 @@ impl Driver {
         }
         while let Some(done) = self.hooks.join_next().await {
             if let Ok((id, results)) = done {
-                self.jobs[id as usize].post_build = results;
+                self.record_post_build(id, results);
             }
         }
         for id in self.sched.cancel_all() {
@@ -578,6 +578,20 @@ impl Driver {
         for (_, id) in due {
             self.sched.requeue(id);
         }
+    }
+
+    /// Record a job's post-build results; a failed step (not `warn_only`)
+    /// fails the job, naming the step.
+    fn record_post_build(&mut self, id: JobId, results: Vec<PostBuildResult>) {
+        let rec = &mut self.jobs[id as usize];
+        if let Some(failed) = results.iter().find(|r| r.status == PostBuildStatus::Failed) {
+            rec.status = JobStatus::Failed;
+            rec.error = Some(format!(
+                "post-build step `{}` failed: {}",
+                failed.step, failed.message
+            ));
+        }
+        rec.post_build = results;
     }
 
     /// Failed-build cache and post-build hook for a job that just ended.

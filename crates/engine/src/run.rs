@@ -30,8 +30,24 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Steps run on every job that built (or was cached): signing, uploads, …
 /// The report's `post_build` list of each job is what this returns.
 pub trait PostBuildHook: Send + Sync {
-    /// Run the post-build steps for one job.
+    /// Called once the source is prepared, before any job runs: the
+    /// repository's configuration (its `[[post_build]]` steps) and revision.
+    fn prepare(&self, _run: &PreparedRun<'_>) {}
+
+    /// Run the post-build steps for one job. A result with status `failed`
+    /// fails the job.
     fn run<'a>(&'a self, job: &'a JobReport) -> BoxFuture<'a, Vec<PostBuildResult>>;
+}
+
+/// What [`PostBuildHook::prepare`] learns about the run.
+#[derive(Debug, Clone, Copy)]
+pub struct PreparedRun<'a> {
+    /// FLAKE as given (the project name for a local run).
+    pub flake: &'a str,
+    /// The evaluated revision, when known.
+    pub rev: Option<&'a str>,
+    /// The repository's `buildbot-nix.toml`.
+    pub config: &'a crate::repo_config::RepoConfig,
 }
 
 /// Everything a run needs to know.
@@ -148,6 +164,13 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
     }
     let nix = Nix::detect().await?;
     let source = source::prepare(&nix, &opts.flake, opts.rev.as_deref()).await?;
+    if let Some(hook) = &opts.post_build {
+        hook.prepare(&PreparedRun {
+            flake: &opts.flake,
+            rev: source.rev.as_deref(),
+            config: &source.config,
+        });
+    }
     let attribute = opts
         .attribute
         .clone()

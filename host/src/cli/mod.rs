@@ -44,7 +44,7 @@ pub fn main() -> ExitCode {
     };
     init_tracing();
     match cli.command {
-        Command::Run(args) => kiln_engine::cli::main(*args),
+        Command::Run(args) => run(*args),
         Command::Plugin(cmd) => plugin::main(cmd),
         Command::Bench(cmd) => bench::main(cmd),
     }
@@ -57,4 +57,38 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// `kiln run` with the repository's post-build steps run by the plugin
+/// host, under the grants of `--config` (or none).
+fn run(args: kiln_engine::cli::RunArgs) -> ExitCode {
+    match post_build_hook(args.config.as_deref()) {
+        Ok(hook) => kiln_engine::cli::main_with(args, Some(hook)),
+        Err(e) => {
+            eprintln!("kiln run: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn post_build_hook(
+    config: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<dyn kiln_engine::run::PostBuildHook>, String> {
+    let config = match config {
+        Some(path) => crate::config::KilnConfig::load(path).map_err(|e| e.to_string())?,
+        None => crate::config::KilnConfig::default(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let host = rt.block_on(async {
+        // A missing `nix` is reported by the run itself, with exit 2.
+        let nix = kiln_nix::Nix::detect().await.ok();
+        crate::plugins::PluginHost::start(config, nix).await
+    });
+    let host = host.map_err(|e| format!("{e:#}"))?;
+    Ok(std::sync::Arc::new(crate::post_build::PluginSteps::new(
+        std::sync::Arc::new(host),
+    )))
 }

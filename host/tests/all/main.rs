@@ -8,3 +8,4 @@ mod plugin_hostile;
 mod plugin_sandbox;
 mod plugin_sign;
 mod run_cli;
+mod run_post_build;

@@ -1,0 +1,288 @@
+//! Post-build steps of `kiln run`: the repository's `[[post_build]]` steps,
+//! run through the plugin host on each job that built (or, with
+//! `on_cached`, was cached), in the order configured.
+//!
+//! The repository selects and configures steps; only the operator's
+//! `kiln.toml` grants. A step whose plugin asks for a secret or host that the
+//! grant for this project lacks fails before it runs, naming the step, what
+//! is missing and the project. Signatures a step returns are passed to the
+//! steps after it. This module must not decide job statuses: it reports each
+//! step's result and the pipeline decides.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_engine::job::JobStatus;
+use kiln_engine::repo_config::PostBuildStep;
+use kiln_engine::report::{JobReport, PostBuildResult, PostBuildStatus};
+use kiln_engine::run::{BoxFuture, PostBuildHook, PreparedRun};
+use kiln_runtime::bindings::post_build_types::{BuildInfo, Output, PathSignatures};
+use kiln_runtime::{CallError, World};
+
+use crate::plugins::PluginHost;
+
+/// How often a step that asks to be retried is retried.
+const MAX_ATTEMPTS: u32 = 3;
+/// The longest delay a step may ask for in `kiln run`.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(120);
+
+/// What the run knows once its source is prepared.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// The repository's steps.
+    pub steps: Vec<PostBuildStep>,
+    /// The project name given to plugins and matched against grants.
+    pub project: String,
+    /// The evaluated revision.
+    pub rev: Option<String>,
+    /// The branch, when known.
+    pub branch: Option<String>,
+}
+
+/// The `PostBuildHook` backed by the plugin host.
+pub struct PluginSteps {
+    host: Arc<PluginHost>,
+    context: Mutex<RunContext>,
+}
+
+impl PluginSteps {
+    /// Steps run by `host`; the context is set once the source is prepared.
+    pub fn new(host: Arc<PluginHost>) -> Self {
+        PluginSteps {
+            host,
+            context: Mutex::new(RunContext::default()),
+        }
+    }
+
+    /// Set the run's steps, project, revision and branch.
+    pub fn set_context(&self, context: RunContext) {
+        *self.context.lock().unwrap_or_else(|e| e.into_inner()) = context;
+    }
+
+    async fn run_steps(&self, job: &JobReport) -> Vec<PostBuildResult> {
+        let ctx = self
+            .context
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut results = Vec::new();
+        let mut signatures: Vec<PathSignatures> = Vec::new();
+        for step in &ctx.steps {
+            let result = self.run_step(step, job, &ctx, &mut signatures).await;
+            append_log(job, &result);
+            results.push(result);
+        }
+        results
+    }
+
+    async fn run_step(
+        &self,
+        step: &PostBuildStep,
+        job: &JobReport,
+        ctx: &RunContext,
+        signatures: &mut Vec<PathSignatures>,
+    ) -> PostBuildResult {
+        let name = step.plugin.clone();
+        let result = |status, message: String| PostBuildResult {
+            step: name.clone(),
+            status,
+            message,
+        };
+        let cached = job.status == JobStatus::Cached;
+        if cached && !step.on_cached {
+            return result(
+                PostBuildStatus::Skipped,
+                "outputs were cached; set on_cached = true to run anyway".into(),
+            );
+        }
+        if !step.branches.is_empty() {
+            match &ctx.branch {
+                Some(b) if step.branches.iter().any(|x| x == b) => {}
+                Some(b) => {
+                    return result(
+                        PostBuildStatus::Skipped,
+                        format!("branch `{b}` is not in this step's branches"),
+                    );
+                }
+                None => {
+                    return result(
+                        PostBuildStatus::Skipped,
+                        "the branch is not known, and this step names branches".into(),
+                    );
+                }
+            }
+        }
+        let failed = |message: String| {
+            result(
+                if step.warn_only {
+                    PostBuildStatus::Warning
+                } else {
+                    PostBuildStatus::Failed
+                },
+                message,
+            )
+        };
+        let Some(plugin) = self.host.registry.get(&step.plugin) else {
+            let installed: Vec<String> = self
+                .host
+                .registry
+                .list()
+                .iter()
+                .map(|p| p.info.name.clone())
+                .collect();
+            return failed(format!(
+                "no plugin named `{}` is installed (installed: {})",
+                step.plugin,
+                installed.join(", ")
+            ));
+        };
+        if plugin.info.world != World::PostBuild {
+            return failed(format!(
+                "plugin `{}` is a {} plugin, not a post-build plugin",
+                step.plugin,
+                plugin.info.world.as_str()
+            ));
+        }
+        let (grant, limits) = self.host.grant_for(&plugin.info.name, &ctx.project);
+        if let Some(secret) = plugin
+            .info
+            .requests
+            .secrets
+            .iter()
+            .find(|s| !grant.secrets.contains(s))
+        {
+            return failed(format!(
+                "step `{}` needs secret `{secret}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
+                step.plugin, plugin.info.name, ctx.project
+            ));
+        }
+        if let Some(host) = plugin
+            .info
+            .requests
+            .hosts
+            .iter()
+            .find(|h| !grant.hosts.contains(h))
+        {
+            return failed(format!(
+                "step `{}` needs host `{host}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
+                step.plugin, plugin.info.name, ctx.project
+            ));
+        }
+        let build = BuildInfo {
+            project: ctx.project.clone(),
+            attr: job.attr.clone(),
+            system: job.system.clone(),
+            drv_path: job.drv_path.clone().unwrap_or_default(),
+            outputs: job
+                .outputs
+                .iter()
+                .map(|(n, p)| Output {
+                    name: n.clone(),
+                    path: p.clone(),
+                })
+                .collect(),
+            branch: ctx.branch.clone(),
+            pull_request: None,
+            is_default_branch: true,
+            rev: ctx.rev.clone(),
+            cached,
+            signatures: signatures.clone(),
+        };
+        let config = settings(step);
+        let mut attempt = 1;
+        loop {
+            let run = self
+                .host
+                .run_post_build(&plugin, &build, &config, grant.clone(), limits)
+                .await;
+            append_plugin_log(job, &name, &run.log);
+            match run.result {
+                Ok(outcome) => {
+                    signatures.extend(run.signatures);
+                    let mut message = outcome.message;
+                    if let Some(w) = run.store_warning {
+                        message = format!("{message} (warning: {w})");
+                    }
+                    return result(PostBuildStatus::Succeeded, message);
+                }
+                Err(CallError::RetryAfter { seconds, reason }) if attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(seconds.into()).min(MAX_RETRY_DELAY))
+                        .await;
+                    tracing::info!(step = %name, %reason, attempt, "retrying a post-build step");
+                }
+                Err(e) => return failed(e.to_string()),
+            }
+        }
+    }
+}
+
+impl PostBuildHook for PluginSteps {
+    fn prepare(&self, run: &PreparedRun<'_>) {
+        self.set_context(RunContext {
+            steps: run.config.post_build.clone(),
+            project: run.flake.to_owned(),
+            rev: run.rev.map(str::to_owned),
+            branch: None,
+        });
+    }
+
+    fn run<'a>(&'a self, job: &'a JobReport) -> BoxFuture<'a, Vec<PostBuildResult>> {
+        Box::pin(self.run_steps(job))
+    }
+}
+
+/// A step's plugin settings as the plugin's config pairs: strings as they
+/// are, other scalars as TOML text, arrays and tables as JSON.
+pub fn settings(step: &PostBuildStep) -> Vec<(String, String)> {
+    step.settings
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    serde_json::to_string(v).unwrap_or_default()
+                }
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
+/// Add a step's outcome to the job's log file.
+fn append_log(job: &JobReport, result: &PostBuildResult) {
+    let Some(path) = &job.log_path else { return };
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    else {
+        return;
+    };
+    let status = serde_json::to_value(result.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let _ = writeln!(
+        f,
+        "[kiln post-build {}] {status}: {}",
+        result.step, result.message
+    );
+}
+
+/// Add a step's own log lines to the job's log file.
+fn append_plugin_log(job: &JobReport, step: &str, lines: &[kiln_runtime::context::LogLine]) {
+    let Some(path) = &job.log_path else { return };
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    else {
+        return;
+    };
+    for line in lines {
+        let _ = writeln!(f, "[{step}] {}", line.message);
+    }
+}
