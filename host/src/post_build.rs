@@ -3,9 +3,9 @@
 //! `on_cached`, was cached), in the order configured.
 //!
 //! The repository selects and configures steps; only the operator's
-//! `kiln.toml` grants. A step whose plugin asks for a secret or host that the
-//! grant for this project lacks fails before it runs, naming the step, what
-//! is missing and the project. Signatures a step returns are passed to the
+//! `kiln.toml` grants. A step whose plugin asks for a secret, host, store
+//! operation or directory that the grant for this project lacks fails before
+//! it runs, naming the step, what is missing and the project. Signatures a step returns are passed to the
 //! steps after it. This module must not decide job statuses: it reports each
 //! step's result and the pipeline decides.
 
@@ -166,6 +166,33 @@ impl PluginSteps {
         {
             return failed(format!(
                 "step `{}` needs host `{host}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
+                step.plugin, plugin.info.name, ctx.project
+            ));
+        }
+        if let Some(op) = plugin
+            .info
+            .requests
+            .store
+            .iter()
+            .find(|op| !grant.store.contains(op))
+        {
+            return failed(format!(
+                "step `{}` needs store operation `{}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
+                step.plugin,
+                op.as_str(),
+                plugin.info.name,
+                ctx.project
+            ));
+        }
+        if let Some(directory) = plugin
+            .info
+            .requests
+            .directories
+            .iter()
+            .find(|d| !grant.directories.contains_key(*d))
+        {
+            return failed(format!(
+                "step `{}` needs directory `{directory}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
                 step.plugin, plugin.info.name, ctx.project
             ));
         }
