@@ -4,6 +4,7 @@ mod common;
 mod plugin_cache;
 mod plugin_check;
 mod plugin_errors;
+mod plugin_gcroot_outputs;
 mod plugin_hostile;
 mod plugin_sandbox;
 mod plugin_sign;
