@@ -263,7 +263,8 @@ impl PostBuildHook for PluginSteps {
 /// A step's plugin settings as the plugin's config pairs: strings as they
 /// are, other scalars as TOML text, arrays and tables as JSON.
 pub fn settings(step: &PostBuildStep) -> Vec<(String, String)> {
-    step.settings
+    let mut pairs: Vec<(String, String)> = step
+        .settings
         .iter()
         .map(|(k, v)| {
             let text = match v {
@@ -275,7 +276,14 @@ pub fn settings(step: &PostBuildStep) -> Vec<(String, String)> {
             };
             (k.clone(), text)
         })
-        .collect()
+        .collect();
+    // The step's `branches` also tell the plugin where it may act (gcroot
+    // and outputs act on the default branch unless told otherwise).
+    if !step.branches.is_empty() {
+        let branches = serde_json::to_string(&step.branches).unwrap_or_default();
+        pairs.push(("branches".to_owned(), branches));
+    }
+    pairs
 }
 
 /// Add a step's outcome to the job's log file.
@@ -311,5 +319,31 @@ fn append_plugin_log(job: &JobReport, step: &str, lines: &[kiln_runtime::context
     };
     for line in lines {
         let _ = writeln!(f, "[{step}] {}", line.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_become_config_pairs_and_carry_the_branches() {
+        let step: PostBuildStep = toml::from_str(
+            "plugin = \"outputs\"\nbranches = [\"main\", \"release\"]\nname = \"x\"\nlevel = 3\nflag = true\nlist = [1, 2]\n",
+        )
+        .unwrap();
+        let pairs = settings(&step);
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("name"), Some("x"));
+        assert_eq!(get("level"), Some("3"));
+        assert_eq!(get("flag"), Some("true"));
+        assert_eq!(get("list"), Some("[1,2]"));
+        assert_eq!(get("branches"), Some("[\"main\",\"release\"]"));
+        assert_eq!(get("plugin"), None);
     }
 }
