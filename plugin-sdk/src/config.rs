@@ -115,6 +115,17 @@ impl Config {
             .transpose()
     }
 
+    /// `key` as a list of strings (the host passes a TOML array as JSON),
+    /// empty when not set.
+    pub fn get_list(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        self.get(key).map_or(Ok(Vec::new()), |text| {
+            serde_json::from_str(text).map_err(|_| ConfigError::Invalid {
+                key: key.to_owned(),
+                expected: "a list of strings, such as [\"main\", \"release\"]".to_owned(),
+            })
+        })
+    }
+
     /// Every key/value pair, in the order given.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))

@@ -48,6 +48,7 @@
 
 extern crate self as kiln_plugin_sdk;
 
+pub mod branches;
 mod config;
 pub mod files;
 pub mod http;

@@ -9,13 +9,11 @@
 //! choose where roots live (the operator's root directory does), touch the
 //! file system, or root anything but the job's own outputs.
 
+use kiln_plugin_sdk::branches::{BRANCHES, skip_reason};
 use kiln_plugin_sdk::{
-    BuildInfo, Config, ConfigError, PluginError, PluginInfo, PostBuild, StepOutcome,
-    StoreOperation, WorldKind, export_post_build, log, store,
+    BuildInfo, Config, PluginError, PluginInfo, PostBuild, StepOutcome, StoreOperation, WorldKind,
+    export_post_build, log, store,
 };
-
-/// The config key listing extra branches whose outputs are rooted.
-const BRANCHES: &str = "branches";
 
 struct GcRoot;
 
@@ -63,37 +61,6 @@ impl PostBuild for GcRoot {
 }
 
 export_post_build!(GcRoot);
-
-/// Why this build gets no roots, or `None` when it does: pull requests
-/// never; the default branch always; other branches when listed in
-/// `branches`.
-fn skip_reason(build: &BuildInfo, config: &Config) -> Result<Option<String>, PluginError> {
-    if let Some(pr) = build.pull_request {
-        return Ok(Some(format!("skipped: pull request #{pr}")));
-    }
-    if build.is_default_branch {
-        return Ok(None);
-    }
-    let branches = branches(config)?;
-    match &build.branch {
-        Some(b) if branches.contains(b) => Ok(None),
-        Some(b) => Ok(Some(format!(
-            "skipped: not the default branch (`{b}` is not in `{BRANCHES}`)"
-        ))),
-        None => Ok(Some("skipped: not the default branch".to_owned())),
-    }
-}
-
-/// The `branches` key: a JSON list of names (how the host passes a TOML
-/// array), empty when not set.
-fn branches(config: &Config) -> Result<Vec<String>, ConfigError> {
-    config.get(BRANCHES).map_or(Ok(Vec::new()), |text| {
-        serde_json::from_str(text).map_err(|_| ConfigError::Invalid {
-            key: BRANCHES.to_owned(),
-            expected: "a list of branch names, such as [\"main\", \"release\"]".to_owned(),
-        })
-    })
-}
 
 /// `<project>-<attr>-<output>` with every character outside
 /// `[A-Za-z0-9._-]` replaced by `-`, and no leading `-` or `.`.

@@ -10,15 +10,14 @@
 //! it sanitises every path component it derives from the build so none can
 //! be `..`, absolute or hidden.
 
+use kiln_plugin_sdk::branches::{BRANCHES, skip_reason};
 use kiln_plugin_sdk::{
-    BuildInfo, Config, ConfigError, PluginError, PluginInfo, PostBuild, StepOutcome, WorldKind,
+    BuildInfo, Config, PluginError, PluginInfo, PostBuild, StepOutcome, WorldKind,
     export_post_build, files, log,
 };
 
 /// The logical directory the operator grants.
 const DIRECTORY: &str = "outputs";
-/// The config key listing extra branches whose outputs are indexed.
-const BRANCHES: &str = "branches";
 /// The branch component when the build has no branch (`kiln run`).
 const NO_BRANCH: &str = "default";
 
@@ -67,37 +66,6 @@ impl PostBuild for Outputs {
 }
 
 export_post_build!(Outputs);
-
-/// Why this build is not indexed, or `None` when it is: pull requests
-/// never; the default branch always; other branches when listed in
-/// `branches`.
-fn skip_reason(build: &BuildInfo, config: &Config) -> Result<Option<String>, PluginError> {
-    if let Some(pr) = build.pull_request {
-        return Ok(Some(format!("skipped: pull request #{pr}")));
-    }
-    if build.is_default_branch {
-        return Ok(None);
-    }
-    let branches = branches(config)?;
-    match &build.branch {
-        Some(b) if branches.contains(b) => Ok(None),
-        Some(b) => Ok(Some(format!(
-            "skipped: not the default branch (`{b}` is not in `{BRANCHES}`)"
-        ))),
-        None => Ok(Some("skipped: not the default branch".to_owned())),
-    }
-}
-
-/// The `branches` key: a JSON list of names (how the host passes a TOML
-/// array), empty when not set.
-fn branches(config: &Config) -> Result<Vec<String>, ConfigError> {
-    config.get(BRANCHES).map_or(Ok(Vec::new()), |text| {
-        serde_json::from_str(text).map_err(|_| ConfigError::Invalid {
-            key: BRANCHES.to_owned(),
-            expected: "a list of branch names, such as [\"main\", \"release\"]".to_owned(),
-        })
-    })
-}
 
 /// `<project>/<branch>/<attr>[.<output>]`, relative to the granted
 /// directory. The project keeps its `/`s (`owner/repo`); the branch and
