@@ -382,11 +382,14 @@ async fn run_inner(args: RunArgs) -> Result<ExitCode, String> {
         host.secrets = Arc::new(Layered(secret_values, host.secrets.clone()));
     }
     let mut outputs = Vec::new();
+    let mut infos = Vec::new();
     for (i, path) in args.out_paths.iter().enumerate() {
-        host.store
+        let info = host
+            .store
             .path_info(path)
             .await
             .map_err(|e| format!("--out-path {path}: {e}"))?;
+        infos.push(info);
         outputs.push(Output {
             name: if i == 0 {
                 "out".into()
@@ -396,11 +399,8 @@ async fn run_inner(args: RunArgs) -> Result<ExitCode, String> {
             path: path.clone(),
         });
     }
-    let first = host
-        .store
-        .path_info(&args.out_paths[0])
-        .await
-        .map_err(|e| e.to_string())?;
+    // clap requires at least one --out-path.
+    let first = &infos[0];
     let attr = first
         .path
         .rsplit('/')
