@@ -241,6 +241,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../examples/kiln.toml");
+        let c = KilnConfig::parse(Path::new("examples/kiln.toml"), text).unwrap();
+        let sign = &c.grants["sign"];
+        assert_eq!(sign.secrets, vec!["signing-key".to_owned()]);
+        assert!(c.secrets.contains_key("signing-key"));
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         let c = KilnConfig::parse(Path::new("kiln.toml"), "").unwrap();
         assert!(c.plugins.builtin);
