@@ -6,6 +6,7 @@ mod plugin_check;
 mod plugin_errors;
 mod plugin_gcroot_outputs;
 mod plugin_hostile;
+mod plugin_nar;
 mod plugin_sandbox;
 mod plugin_sign;
 mod run_cli;
