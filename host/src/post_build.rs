@@ -18,7 +18,9 @@ use kiln_engine::repo_config::PostBuildStep;
 use kiln_engine::report::{JobReport, PostBuildResult, PostBuildStatus};
 use kiln_engine::run::{BoxFuture, PostBuildHook, PreparedRun};
 use kiln_runtime::bindings::post_build_types::{BuildInfo, Output, PathSignatures};
-use kiln_runtime::{CallError, World};
+use kiln_runtime::grant::Capability;
+use kiln_runtime::plugin::Requested;
+use kiln_runtime::{CallError, Grant, World};
 
 use crate::plugins::PluginHost;
 
@@ -145,54 +147,9 @@ impl PluginSteps {
             ));
         }
         let (grant, limits) = self.host.grant_for(&plugin.info.name, &ctx.project);
-        if let Some(secret) = plugin
-            .info
-            .requests
-            .secrets
-            .iter()
-            .find(|s| !grant.secrets.contains(s))
-        {
+        if let Some(missing) = first_ungranted(&plugin.info.requests, &grant) {
             return failed(format!(
-                "step `{}` needs secret `{secret}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
-                step.plugin, plugin.info.name, ctx.project
-            ));
-        }
-        if let Some(host) = plugin
-            .info
-            .requests
-            .hosts
-            .iter()
-            .find(|h| !grant.hosts.contains(h))
-        {
-            return failed(format!(
-                "step `{}` needs host `{host}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
-                step.plugin, plugin.info.name, ctx.project
-            ));
-        }
-        if let Some(op) = plugin
-            .info
-            .requests
-            .store
-            .iter()
-            .find(|op| !grant.store.contains(op))
-        {
-            return failed(format!(
-                "step `{}` needs store operation `{}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
-                step.plugin,
-                op.as_str(),
-                plugin.info.name,
-                ctx.project
-            ));
-        }
-        if let Some(directory) = plugin
-            .info
-            .requests
-            .directories
-            .iter()
-            .find(|d| !grant.directories.contains_key(*d))
-        {
-            return failed(format!(
-                "step `{}` needs directory `{directory}`, which kiln.toml does not grant to plugin `{}` for project `{}`",
+                "step `{}` needs {missing}, which kiln.toml does not grant to plugin `{}` for project `{}`",
                 step.plugin, plugin.info.name, ctx.project
             ));
         }
@@ -260,6 +217,36 @@ impl PostBuildHook for PluginSteps {
     }
 }
 
+/// The first capability `requests` names that `grant` does not give,
+/// described as the grant check describes it (`secret `x``, …).
+fn first_ungranted(requests: &Requested, grant: &Grant) -> Option<String> {
+    let hosts = requests.hosts.iter().map(|h| match h.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => Capability::Http {
+            host,
+            port: port.parse().ok(),
+        },
+        _ => Capability::Http {
+            host: h,
+            port: None,
+        },
+    });
+    requests
+        .secrets
+        .iter()
+        .map(|s| Capability::Secret(s))
+        .chain(hosts)
+        .chain(requests.store.iter().map(|op| Capability::Store(*op)))
+        .chain(
+            requests
+                .directories
+                .iter()
+                .map(|d| Capability::Directory(d)),
+        )
+        .chain(requests.kv.then_some(Capability::Kv))
+        .find_map(|c| grant.check(c).err())
+        .map(|denied| denied.0)
+}
+
 /// A step's plugin settings as the plugin's config pairs: strings as they
 /// are, other scalars as TOML text, arrays and tables as JSON.
 pub fn settings(step: &PostBuildStep) -> Vec<(String, String)> {
@@ -325,6 +312,33 @@ fn append_plugin_log(job: &JobReport, step: &str, lines: &[kiln_runtime::context
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_checked_with_the_grant_rules() {
+        let requests = Requested {
+            secrets: vec!["token".into()],
+            hosts: vec!["api.example.com".into(), "127.0.0.1:9000".into()],
+            ..Requested::default()
+        };
+        let mut grant = Grant {
+            secrets: vec!["token".into()],
+            ..Grant::default()
+        };
+        assert_eq!(
+            first_ungranted(&requests, &grant).as_deref(),
+            Some("HTTP to host `api.example.com`")
+        );
+        grant.hosts = vec!["*.example.com".into(), "127.0.0.1:9000".into()];
+        assert_eq!(first_ungranted(&requests, &grant), None);
+        let wants_kv = Requested {
+            kv: true,
+            ..Requested::default()
+        };
+        assert_eq!(
+            first_ungranted(&wants_kv, &grant).as_deref(),
+            Some("the key-value cache")
+        );
+    }
 
     #[test]
     fn settings_become_config_pairs_and_carry_the_branches() {
