@@ -147,3 +147,34 @@ pub async fn call(
     )
     .await
 }
+
+/// `kiln run DIR --json` for x86_64-linux, with logs, caches and GC roots
+/// under `work`, and `--config` when given.
+pub fn kiln_run_json(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    work: &std::path::Path,
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.arg("run")
+        .arg(dir)
+        .args(["--json", "--systems", "x86_64-linux", "--log-dir"])
+        .arg(work.join("logs"))
+        .env("XDG_CACHE_HOME", work.join("cache"))
+        .env("KILN_GC_ROOT_DIR", work.join("gcroots"))
+        .stdin(std::process::Stdio::null());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.output().expect("kiln runs")
+}
+
+/// The JSON report `kiln run --json` printed, or a panic showing stderr.
+pub fn report(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is the report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -5,11 +5,9 @@
 //! step, the store operation or directory, and the project.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use crate::common::{salt, sh};
-
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+use crate::common::{kiln_run_json, report, salt, sh};
 
 /// A flake with one salted two-output check, and a buildbot-nix.toml
 /// selecting `gcroot` then `outputs`.
@@ -37,30 +35,6 @@ fn flake_with_steps(dir: &Path) {
         "[[post_build]]\nplugin = \"gcroot\"\n\n[[post_build]]\nplugin = \"outputs\"\n",
     )
     .unwrap();
-}
-
-fn run(dir: &Path, config: &Path, work: &Path) -> Output {
-    Command::new(KILN)
-        .arg("run")
-        .arg(dir)
-        .args(["--json", "--systems", "x86_64-linux", "--log-dir"])
-        .arg(work.join("logs"))
-        .arg("--config")
-        .arg(config)
-        .env("XDG_CACHE_HOME", work.join("cache"))
-        .env("KILN_GC_ROOT_DIR", work.join("gcroots"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("kiln runs")
-}
-
-fn report(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is the report ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 /// `<project>-<attr>-<output>` as the `gcroot` plugin sanitises it.
@@ -93,7 +67,7 @@ fn granted_steps_root_and_index_every_output() {
         ),
     )
     .unwrap();
-    let out = run(&dir, &config, work.path());
+    let out = kiln_run_json(&dir, Some(&config), work.path());
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -161,7 +135,7 @@ fn without_grants_the_steps_fail_naming_what_is_missing() {
     flake_with_steps(&dir);
     let config = work.path().join("kiln.toml");
     std::fs::write(&config, "").unwrap();
-    let out = run(&dir, &config, work.path());
+    let out = kiln_run_json(&dir, Some(&config), work.path());
     assert_eq!(
         out.status.code(),
         Some(1),

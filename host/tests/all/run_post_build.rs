@@ -5,11 +5,9 @@
 //! warning that does not fail the job.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use crate::common::{salt, sh};
-
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+use crate::common::{kiln_run_json, report, salt, sh};
 
 /// A flake with one salted check, and a buildbot-nix.toml selecting `sign`.
 fn flake_with_sign_step(dir: &Path, warn_only: bool) {
@@ -37,29 +35,6 @@ fn flake_with_sign_step(dir: &Path, warn_only: bool) {
     .unwrap();
 }
 
-fn run(dir: &Path, config: Option<&Path>, work: &Path) -> Output {
-    let mut cmd = Command::new(KILN);
-    cmd.arg("run")
-        .arg(dir)
-        .args(["--json", "--systems", "x86_64-linux", "--log-dir"])
-        .arg(work.join("logs"))
-        .env("XDG_CACHE_HOME", work.join("cache"))
-        .stdin(Stdio::null());
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    cmd.output().expect("kiln runs")
-}
-
-fn report(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is the report ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[test]
 fn a_granted_sign_step_signs_the_outputs() {
     let work = tempfile::tempdir().unwrap();
@@ -84,7 +59,7 @@ fn a_granted_sign_step_signs_the_outputs() {
         ),
     )
     .unwrap();
-    let out = run(&dir, Some(&config), work.path());
+    let out = kiln_run_json(&dir, Some(&config), work.path());
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -114,7 +89,7 @@ fn an_ungranted_secret_fails_the_job_naming_step_secret_and_project() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("repo");
     flake_with_sign_step(&dir, false);
-    let out = run(&dir, None, work.path());
+    let out = kiln_run_json(&dir, None, work.path());
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -142,7 +117,7 @@ fn warn_only_keeps_the_job_green() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("repo");
     flake_with_sign_step(&dir, true);
-    let out = run(&dir, None, work.path());
+    let out = kiln_run_json(&dir, None, work.path());
     assert_eq!(
         out.status.code(),
         Some(0),
