@@ -1,5 +1,7 @@
 //! Outgoing HTTP over `wasi:http`, blocking: build a [`Request`], call
-//! [`send`], get a [`Response`] with the whole body read.
+//! [`send`], get a [`Response`] with the whole body read. [`send_body`]
+//! streams a large body from a reader; [`start`] and [`Pending::wait`]
+//! overlap several requests.
 //!
 //! The host checks every request's host against the operator's grant before
 //! connecting, so a request to a host that is not granted fails with [`HttpError::Failed`] carrying the host's error code. This
@@ -7,12 +9,14 @@
 //! redirects, no cookies (a plugin that needs them builds them on top).
 
 use std::fmt;
-use std::io::{Read as _, Write as _};
+use std::io::Read;
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, Method, OutgoingBody, OutgoingRequest,
+    Scheme,
 };
+use wasip2::io::streams::{OutputStream, StreamError};
 
 /// An HTTP request to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +152,48 @@ fn split_url(url: &str) -> Result<UrlParts<'_>, HttpError> {
 
 /// Sends `request` and waits for the whole response.
 pub fn send(request: Request) -> Result<Response, HttpError> {
+    start(request)?.wait()
+}
+
+/// Sends `request` with a body of exactly `length` bytes read from `body`,
+/// streamed in bounded chunks (the request's own `body` must be empty), and
+/// waits for the whole response.
+pub fn send_body(
+    request: Request,
+    body: &mut dyn Read,
+    length: u64,
+) -> Result<Response, HttpError> {
+    start_body(request, body, length)?.wait()
+}
+
+/// Sends `request` (its body included) without waiting for the response:
+/// start several requests, then [`Pending::wait`] for each, to overlap
+/// their round trips.
+pub fn start(mut request: Request) -> Result<Pending, HttpError> {
+    let body = std::mem::take(&mut request.body);
+    start_body(request, &mut body.as_slice(), body.len() as u64)
+}
+
+/// [`start`] with the body streamed from `body` (exactly `length` bytes)
+/// instead of `request.body`. A `content-length` header is added.
+pub fn start_body(
+    mut request: Request,
+    body: &mut dyn Read,
+    length: u64,
+) -> Result<Pending, HttpError> {
     let parts = split_url(&request.url)?;
+    let has_body =
+        length > 0 || !matches!(request.method.to_ascii_uppercase().as_str(), "GET" | "HEAD");
+    if has_body
+        && !request
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        request
+            .headers
+            .push(("content-length".into(), length.to_string()));
+    }
     let entries: Vec<(String, Vec<u8>)> = request
         .headers
         .iter()
@@ -188,49 +233,111 @@ pub fn send(request: Request) -> Result<Response, HttpError> {
         .set_path_with_query(Some(&path))
         .map_err(|()| invalid())?;
 
-    let body = outgoing
+    let outgoing_body = outgoing
         .body()
         .map_err(|()| HttpError::Failed("no request body".into()))?;
     let future = outgoing_handler::handle(outgoing, None).map_err(failed)?;
     // An empty body is only finished: writing or flushing it can race a
     // server that answers and closes the connection first.
-    if !request.body.is_empty() {
-        let mut stream = body
+    if length > 0 {
+        let stream = outgoing_body
             .write()
             .map_err(|()| HttpError::Failed("request body not writable".into()))?;
-        // `blocking_write_and_flush` takes at most 4096 bytes at a time.
-        for chunk in request.body.chunks(4096) {
-            stream.write_all(chunk).map_err(io_failed)?;
-        }
-        std::io::Write::flush(&mut stream).map_err(io_failed)?;
+        copy_body(&stream, body, length)?;
     }
-    OutgoingBody::finish(body, None).map_err(failed)?;
+    OutgoingBody::finish(outgoing_body, None).map_err(failed)?;
+    Ok(Pending { future })
+}
 
-    let response = loop {
-        match future.get() {
-            Some(Ok(result)) => break result.map_err(failed)?,
-            Some(Err(())) => return Err(HttpError::Failed("response already taken".into())),
-            None => future.subscribe().block(),
+/// The most a body write hands the host at once.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// Copies exactly `length` bytes of `body` into `stream`, as fast as the
+/// host accepts them, in chunks of at most [`WRITE_CHUNK`].
+fn copy_body(stream: &OutputStream, body: &mut dyn Read, length: u64) -> Result<(), HttpError> {
+    let mut buf = vec![0u8; WRITE_CHUNK.min(usize::try_from(length).unwrap_or(WRITE_CHUNK))];
+    let mut left = length;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
+        let n = body.read(&mut buf[..want]).map_err(io_failed)?;
+        if n == 0 {
+            return Err(HttpError::Failed(format!(
+                "request body ended {left} bytes short of its length {length}"
+            )));
         }
-    };
-    let status = response.status();
-    let headers = response.headers().entries();
-    let incoming = response
-        .consume()
-        .map_err(|()| HttpError::Failed("response body already taken".into()))?;
-    let mut body = Vec::new();
-    {
-        let mut stream = incoming
-            .stream()
-            .map_err(|()| HttpError::Failed("response body not readable".into()))?;
-        stream.read_to_end(&mut body).map_err(io_failed)?;
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            let permit = stream.check_write().map_err(stream_failed)?;
+            if permit == 0 {
+                stream.subscribe().block();
+                continue;
+            }
+            let take = chunk
+                .len()
+                .min(usize::try_from(permit).unwrap_or(chunk.len()));
+            stream.write(&chunk[..take]).map_err(stream_failed)?;
+            chunk = &chunk[take..];
+        }
+        left -= n as u64;
     }
-    drop(IncomingBody::finish(incoming));
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    stream.flush().map_err(stream_failed)?;
+    loop {
+        // Wait until the host took everything before the body is finished.
+        if stream.check_write().map_err(stream_failed)? > 0 {
+            return Ok(());
+        }
+        stream.subscribe().block();
+    }
+}
+
+fn stream_failed(error: StreamError) -> HttpError {
+    match error {
+        StreamError::LastOperationFailed(e) => HttpError::Failed(e.to_debug_string()),
+        StreamError::Closed => HttpError::Failed("the connection closed the request body".into()),
+    }
+}
+
+/// A request whose response has not been read yet.
+pub struct Pending {
+    future: FutureIncomingResponse,
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
+impl Pending {
+    /// Waits for the response and reads its whole body.
+    pub fn wait(self) -> Result<Response, HttpError> {
+        let future = self.future;
+        let response = loop {
+            match future.get() {
+                Some(Ok(result)) => break result.map_err(failed)?,
+                Some(Err(())) => return Err(HttpError::Failed("response already taken".into())),
+                None => future.subscribe().block(),
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().entries();
+        let incoming = response
+            .consume()
+            .map_err(|()| HttpError::Failed("response body already taken".into()))?;
+        let mut body = Vec::new();
+        {
+            let mut stream = incoming
+                .stream()
+                .map_err(|()| HttpError::Failed("response body not readable".into()))?;
+            stream.read_to_end(&mut body).map_err(io_failed)?;
+        }
+        drop(IncomingBody::finish(incoming));
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
 }
 
 #[cfg(test)]
