@@ -309,6 +309,12 @@ impl fmt::Debug for Pending {
 }
 
 impl Pending {
+    /// Whether the response head has arrived, so [`wait`](Self::wait)
+    /// returns without blocking on the network.
+    pub fn is_ready(&self) -> bool {
+        self.future.subscribe().ready()
+    }
+
     /// Waits for the response and reads its whole body.
     pub fn wait(self) -> Result<Response, HttpError> {
         let future = self.future;
