@@ -1,14 +1,17 @@
 //! `kiln.toml`, the operator's configuration.
 //!
 //! This file introduces the plugin sections (`[plugins]`, `[grants.<plugin>]`,
-//! `[secrets.<name>]`); later features add their own sections here. Unknown
-//! keys are errors that name the key and line. Secrets are never written in
-//! the file itself: each names a file or an environment variable, and
-//! `KILN_SECRET_<NAME>` (upper-case, `-` as `_`) overrides any of them.
+//! `[secrets.<name>]`), the operator's default post-build steps
+//! (`[[post_build]]`) and per-project settings (`[projects."<name>"]`);
+//! later features add their own sections here. Unknown keys are errors that
+//! name the key and line. Secrets are never written in the file itself: each
+//! names a file or an environment variable, and `KILN_SECRET_<NAME>`
+//! (upper-case, `-` as `_`) overrides any of them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kiln_engine::repo_config::PostBuildStep;
 use kiln_runtime::context::SecretProvider;
 use kiln_runtime::{Grant, Limits};
 use serde::Deserialize;
@@ -26,6 +29,67 @@ pub struct KilnConfig {
     /// Where secret values come from, by secret name.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Post-build steps run for every project (that `projects` covers),
+    /// before the repository's own.
+    #[serde(default)]
+    pub post_build: Vec<DefaultStep>,
+    /// Per-project settings, by exact project name.
+    #[serde(default)]
+    pub projects: BTreeMap<String, ProjectSettings>,
+}
+
+/// One operator `[[post_build]]` step: the shape of a repository's step,
+/// plus the projects it applies to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DefaultStep {
+    /// Projects (`owner/repo`, `owner/*` or `*`) this step runs for.
+    #[serde(default = "all_projects")]
+    pub projects: Vec<String>,
+    /// The step, as a repository would write it.
+    #[serde(flatten)]
+    pub step: PostBuildStep,
+}
+
+fn all_projects() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+impl DefaultStep {
+    /// Whether this step runs for `project`.
+    pub fn covers_project(&self, project: &str) -> bool {
+        self.projects.iter().any(|p| project_match(p, project))
+    }
+}
+
+/// `*` matches everything; `owner/*` matches that owner's projects (the
+/// rule `[grants.*] projects` follows).
+fn project_match(pattern: &str, project: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => project.starts_with(prefix),
+        None => pattern == project,
+    }
+}
+
+/// Whether some project matches both patterns.
+fn patterns_overlap(a: &str, b: &str) -> bool {
+    match (a.strip_suffix('*'), b.strip_suffix('*')) {
+        (Some(pa), Some(pb)) => pa.starts_with(pb) || pb.starts_with(pa),
+        (Some(p), None) => b.starts_with(p),
+        (None, Some(p)) => a.starts_with(p),
+        (None, None) => a == b,
+    }
+}
+
+/// `[projects."<name>"]`: the operator's settings for one project.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSettings {
+    /// The project's default branch, whose `buildbot-nix.toml` selects
+    /// post-build steps (default: detected from the repository).
+    pub default_branch: Option<String>,
+    /// Run steps that use secrets on pull requests from forks too.
+    #[serde(default)]
+    pub secrets_on_fork_pull_requests: bool,
 }
 
 /// `[plugins]`.
@@ -118,12 +182,30 @@ impl KilnConfig {
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(1);
+            let mut message = e.message().trim().to_owned();
+            if array_table_lines(text, "post_build").contains(&line) {
+                message.push_str(
+                    " in this [[post_build]] entry (`plugin` is a string, `warn_only` and `on_cached` are booleans, `branches` and `projects` are lists of strings)",
+                );
+            }
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
-                message: e.message().to_owned(),
+                message,
             }
         })?;
+        check_default_steps(path, text, &config)?;
+        for (name, project) in &config.projects {
+            if let Some(b) = &project.default_branch
+                && let Err(reason) = kiln_engine::source::check_branch_name("default_branch", b)
+            {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    line: table_line(text, "projects", Some(name)).unwrap_or(1),
+                    message: format!("[projects.\"{name}\"] {reason}"),
+                });
+            }
+        }
         for (name, source) in &config.secrets {
             if source.file.is_some() == source.env.is_some() {
                 return Err(ConfigError::Invalid {
@@ -203,6 +285,107 @@ impl KilnConfig {
             sources: self.secrets.clone(),
         }
     }
+
+    /// The operator's settings for `project` (defaults when it has none).
+    pub fn project(&self, project: &str) -> ProjectSettings {
+        self.projects.get(project).cloned().unwrap_or_default()
+    }
+}
+
+/// Each `[[post_build]]` names a plugin, applies to some project, and no
+/// two for the same plugin apply to one project (a repository step for that
+/// plugin would not know which to replace). Errors name the entry's line.
+fn check_default_steps(path: &Path, text: &str, config: &KilnConfig) -> Result<(), ConfigError> {
+    let lines = array_table_lines(text, "post_build");
+    let err = |i: usize, message: String| ConfigError::Parse {
+        path: path.to_owned(),
+        line: lines.get(i).copied().unwrap_or(1),
+        message,
+    };
+    for (i, d) in config.post_build.iter().enumerate() {
+        if d.step.plugin.trim().is_empty() {
+            return Err(err(
+                i,
+                "[[post_build]] `plugin` is empty; name an installed post-build plugin".into(),
+            ));
+        }
+        if d.projects.is_empty() {
+            return Err(err(
+                i,
+                format!(
+                    "[[post_build]] for plugin `{}` has `projects = []`, so it never runs; list projects or leave `projects` out to run it for every project",
+                    d.step.plugin
+                ),
+            ));
+        }
+        for (j, earlier) in config.post_build[..i].iter().enumerate() {
+            if earlier.step.plugin != d.step.plugin {
+                continue;
+            }
+            let both = d.projects.iter().find_map(|p| {
+                earlier
+                    .projects
+                    .iter()
+                    .find(|q| patterns_overlap(p, q))
+                    .map(|q| (p, q))
+            });
+            if let Some((p, q)) = both {
+                let first = lines.get(j).copied().unwrap_or(1);
+                return Err(err(
+                    i,
+                    format!(
+                        "[[post_build]] runs plugin `{}` again for projects that `{p}` and `{q}` (the entry at line {first}) both cover; give each entry `projects` that do not overlap",
+                        d.step.plugin
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The 1-based lines of each top-level `[[name]]` header, in order.
+fn array_table_lines(text: &str, name: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.trim_start()
+                .strip_prefix("[[")
+                .and_then(|r| r.trim_start().strip_prefix(name))
+                .is_some_and(|r| r.trim_start().starts_with("]]"))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// The 1-based line of the `[table."key"]` (or `[table.key]`) header.
+fn table_line(text: &str, table: &str, key: Option<&str>) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let Some(rest) = l.trim_start().strip_prefix('[') else {
+                return false;
+            };
+            let Some(rest) = rest.trim_start().strip_prefix(table) else {
+                return false;
+            };
+            match key {
+                None => rest.trim_start().starts_with(']'),
+                Some(k) => {
+                    let rest = rest
+                        .trim_start()
+                        .strip_prefix('.')
+                        .unwrap_or("")
+                        .trim_start();
+                    [format!("\"{k}\""), format!("'{k}'"), k.to_owned()]
+                        .iter()
+                        .any(|q| {
+                            rest.strip_prefix(q.as_str())
+                                .is_some_and(|r| r.trim_start().starts_with(']'))
+                        })
+                }
+            }
+        })
+        .map(|i| i + 1)
 }
 
 /// The environment variable that overrides secret `name`.
@@ -266,6 +449,88 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("k.toml:3:"), "{msg}");
         assert!(msg.contains("unknown field `directry`"), "{msg}");
+    }
+
+    #[test]
+    fn default_steps_and_projects_parse() {
+        let c = KilnConfig::parse(
+            Path::new("k.toml"),
+            "[[post_build]]\nplugin = \"gcroot\"\n\n[[post_build]]\nplugin = \"outputs\"\nprojects = [\"org/*\"]\nwarn_only = true\nname = \"x\"\n\n[projects.\"org/repo\"]\ndefault_branch = \"trunk\"\nsecrets_on_fork_pull_requests = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.post_build.len(), 2);
+        assert_eq!(c.post_build[0].projects, ["*"]);
+        let outputs = &c.post_build[1];
+        assert_eq!(outputs.step.plugin, "outputs");
+        assert!(outputs.step.warn_only);
+        // `projects` is Kiln's, not a plugin setting.
+        assert_eq!(outputs.step.settings.keys().collect::<Vec<_>>(), ["name"]);
+        assert!(outputs.covers_project("org/repo"));
+        assert!(!outputs.covers_project("other/repo"));
+        let p = c.project("org/repo");
+        assert_eq!(p.default_branch.as_deref(), Some("trunk"));
+        assert!(p.secrets_on_fork_pull_requests);
+        assert_eq!(c.project("other/repo"), ProjectSettings::default());
+    }
+
+    #[test]
+    fn malformed_default_steps_name_the_line() {
+        let cases = [
+            (
+                "[plugins]\nbuiltin = true\n\n[[post_build]]\nplugin = \"sign\"\nwarn_only = \"yes\"\n",
+                "k.toml:4:",
+                "expected a boolean in this [[post_build]] entry",
+            ),
+            ("[[post_build]]\nwarn_only = true\n", "k.toml:1:", "plugin"),
+            (
+                "\n[[post_build]]\nplugin = \"\"\n",
+                "k.toml:2:",
+                "`plugin` is empty",
+            ),
+            (
+                "[[post_build]]\nplugin = \"sign\"\nprojects = []\n",
+                "k.toml:1:",
+                "never runs",
+            ),
+            (
+                "[[post_build]]\nplugin = \"sign\"\nprojects = [\"org/*\"]\n\n[[post_build]]\nplugin = \"sign\"\nprojects = [\"org/repo\"]\n",
+                "k.toml:5:",
+                "the entry at line 1",
+            ),
+            (
+                "[projects.\"org/repo\"]\ndefault_branch = \"main\"\nsecrets_on_forks = true\n",
+                "k.toml:3:",
+                "unknown field `secrets_on_forks`",
+            ),
+            (
+                "\n[projects.\"org/repo\"]\ndefault_branch = \"-x\"\n",
+                "k.toml:2:",
+                "not a valid branch name",
+            ),
+        ];
+        for (text, at, needle) in cases {
+            let msg = KilnConfig::parse(Path::new("k.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(at), "{text:?}: {msg}");
+            assert!(msg.contains(needle), "{text:?}: {msg}");
+        }
+        // Different projects may each have their own `sign`.
+        KilnConfig::parse(
+            Path::new("k.toml"),
+            "[[post_build]]\nplugin = \"sign\"\nprojects = [\"a/*\"]\n[[post_build]]\nplugin = \"sign\"\nprojects = [\"b/*\"]\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn project_patterns() {
+        assert!(patterns_overlap("*", "a/b"));
+        assert!(patterns_overlap("a/*", "a/b"));
+        assert!(patterns_overlap("a/*", "a/b*"));
+        assert!(!patterns_overlap("a/*", "b/*"));
+        assert!(!patterns_overlap("a/b", "a/c"));
+        assert!(project_match("a/*", "a/b") && !project_match("a/b", "a/c"));
     }
 
     #[test]

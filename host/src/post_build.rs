@@ -1,13 +1,18 @@
-//! Post-build steps of `kiln run`: the repository's `[[post_build]]` steps,
-//! run through the plugin host on each job that built (or, with
-//! `on_cached`, was cached), in the order configured.
+//! Post-build steps of `kiln run`: the operator's default `[[post_build]]`
+//! steps from `kiln.toml`, then the repository's, run through the plugin
+//! host on each job that built (or, with `on_cached`, was cached), in order.
 //!
-//! The repository selects and configures steps; only the operator's
-//! `kiln.toml` grants. A step whose plugin asks for a secret, host, store
-//! operation or directory that the grant for this project lacks fails before
-//! it runs, naming the step, what is missing and the project. Signatures a step returns are passed to the
-//! steps after it. This module must not decide job statuses: it reports each
-//! step's result and the pipeline decides.
+//! The repository's steps are the default branch's (the engine applies that
+//! rule); a repository step for the same plugin as a default replaces the
+//! default's settings in the default's place. The repository selects and
+//! configures steps; only the operator's `kiln.toml` grants. A step whose
+//! plugin asks for a secret, host, store operation or directory that the
+//! grant for this project lacks fails before it runs, naming the step, what
+//! is missing and the project; on a pull request from a fork, a step whose
+//! plugin asks for or is granted a secret is skipped unless the project opted
+//! in. Signatures a step returns are passed to the steps after it. This
+//! module must not decide job statuses: it reports each step's result and
+//! the pipeline decides.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -17,11 +22,13 @@ use kiln_engine::job::JobStatus;
 use kiln_engine::repo_config::PostBuildStep;
 use kiln_engine::report::{JobReport, PostBuildResult, PostBuildStatus};
 use kiln_engine::run::{BoxFuture, PostBuildHook, PreparedRun};
+use kiln_engine::source::{Change, StepsSource};
 use kiln_runtime::bindings::post_build_types::{BuildInfo, Output, PathSignatures};
 use kiln_runtime::grant::Capability;
 use kiln_runtime::plugin::Requested;
 use kiln_runtime::{CallError, Grant, World};
 
+use crate::config::DefaultStep;
 use crate::plugins::PluginHost;
 
 /// How often a step that asks to be retried is retried.
@@ -32,14 +39,112 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(120);
 /// What the run knows once its source is prepared.
 #[derive(Debug, Clone, Default)]
 pub struct RunContext {
-    /// The repository's steps.
-    pub steps: Vec<PostBuildStep>,
+    /// The steps to run, in order.
+    pub steps: Vec<SelectedStep>,
     /// The project name given to plugins and matched against grants.
     pub project: String,
     /// The evaluated revision.
     pub rev: Option<String>,
-    /// The branch, when known.
-    pub branch: Option<String>,
+    /// The change built: branch, default branch, pull request, fork.
+    pub change: Change,
+    /// `secrets_on_fork_pull_requests` for this project.
+    pub secrets_on_forks: bool,
+    /// One line saying which steps run and where they came from, for logs.
+    pub summary: String,
+}
+
+/// Where a step to run was configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOrigin {
+    /// An operator default from `kiln.toml`.
+    Operator,
+    /// The repository's `buildbot-nix.toml`.
+    Repository,
+    /// A repository step that replaced an operator default's settings.
+    RepositoryOverOperator,
+}
+
+impl StepOrigin {
+    fn as_str(self) -> &'static str {
+        match self {
+            StepOrigin::Operator => "kiln.toml",
+            StepOrigin::Repository => "buildbot-nix.toml",
+            StepOrigin::RepositoryOverOperator => "buildbot-nix.toml over kiln.toml",
+        }
+    }
+}
+
+/// One step to run and where it was configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectedStep {
+    /// The step.
+    pub step: PostBuildStep,
+    /// Where it came from.
+    pub origin: StepOrigin,
+}
+
+/// The steps to run for `project`: the operator's defaults that cover it,
+/// in `kiln.toml`'s order, then the repository's. The first repository step
+/// for a default's plugin replaces that default's settings (`warn_only`,
+/// `branches`, `on_cached` and the plugin's own keys) and runs in the
+/// default's place, once.
+pub fn select_steps(
+    defaults: &[DefaultStep],
+    project: &str,
+    repository: &[PostBuildStep],
+) -> Vec<SelectedStep> {
+    let mut used = vec![false; repository.len()];
+    let mut steps: Vec<SelectedStep> = defaults
+        .iter()
+        .filter(|d| d.covers_project(project))
+        .map(|d| {
+            let own = repository
+                .iter()
+                .position(|r| r.plugin == d.step.plugin)
+                .filter(|&i| !used[i]);
+            match own {
+                Some(i) => {
+                    used[i] = true;
+                    SelectedStep {
+                        step: repository[i].clone(),
+                        origin: StepOrigin::RepositoryOverOperator,
+                    }
+                }
+                None => SelectedStep {
+                    step: d.step.clone(),
+                    origin: StepOrigin::Operator,
+                },
+            }
+        })
+        .collect();
+    steps.extend(
+        repository
+            .iter()
+            .zip(used)
+            .filter(|(_, used)| !used)
+            .map(|(step, _)| SelectedStep {
+                step: step.clone(),
+                origin: StepOrigin::Repository,
+            }),
+    );
+    steps
+}
+
+/// `post-build steps: `a` (kiln.toml), `b` (buildbot-nix.toml); repository
+/// steps from …`.
+fn summary(steps: &[SelectedStep], from: &StepsSource) -> String {
+    let list: Vec<String> = steps
+        .iter()
+        .map(|s| format!("`{}` ({})", s.step.plugin, s.origin.as_str()))
+        .collect();
+    format!(
+        "post-build steps: {}; repository steps from {from}",
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        }
+    )
 }
 
 /// The `PostBuildHook` backed by the plugin host.
@@ -70,7 +175,11 @@ impl PluginSteps {
             .clone();
         let mut results = Vec::new();
         let mut signatures: Vec<PathSignatures> = Vec::new();
-        for step in &ctx.steps {
+        if !ctx.steps.is_empty() {
+            append_line(job, &format!("[kiln] {}", ctx.summary));
+        }
+        for selected in &ctx.steps {
+            let step = &selected.step;
             let result = self.run_step(step, job, &ctx, &mut signatures).await;
             append_log(job, &result);
             results.push(result);
@@ -99,7 +208,7 @@ impl PluginSteps {
             );
         }
         if !step.branches.is_empty() {
-            match &ctx.branch {
+            match &ctx.change.branch {
                 Some(b) if step.branches.iter().any(|x| x == b) => {}
                 Some(b) => {
                     return result(
@@ -147,6 +256,11 @@ impl PluginSteps {
             ));
         }
         let (grant, limits) = self.host.grant_for(&plugin.info.name, &ctx.project);
+        if let Some(reason) =
+            fork_skip_reason(ctx, &plugin.info.name, &plugin.info.requests, &grant)
+        {
+            return result(PostBuildStatus::Skipped, reason);
+        }
         if let Some(missing) = first_ungranted(&plugin.info.requests, &grant) {
             return failed(format!(
                 "step `{}` needs {missing}, which kiln.toml does not grant to plugin `{}` for project `{}`",
@@ -166,9 +280,9 @@ impl PluginSteps {
                     path: p.clone(),
                 })
                 .collect(),
-            branch: ctx.branch.clone(),
-            pull_request: None,
-            is_default_branch: true,
+            branch: ctx.change.branch.clone(),
+            pull_request: ctx.change.pull_request,
+            is_default_branch: ctx.change.is_default_branch,
             rev: ctx.rev.clone(),
             cached,
             signatures: signatures.clone(),
@@ -204,17 +318,64 @@ impl PluginSteps {
 
 impl PostBuildHook for PluginSteps {
     fn prepare(&self, run: &PreparedRun<'_>) {
+        let project = run.flake.to_owned();
+        let steps = select_steps(&self.host.config.post_build, &project, &run.steps.steps);
+        let summary = summary(&steps, &run.steps.source);
+        if !steps.is_empty() || run.steps.source != StepsSource::Checkout {
+            eprintln!("kiln run: {summary}");
+        }
         self.set_context(RunContext {
-            steps: run.config.post_build.clone(),
-            project: run.flake.to_owned(),
+            steps,
+            secrets_on_forks: self
+                .host
+                .config
+                .project(&project)
+                .secrets_on_fork_pull_requests,
+            project,
             rev: run.rev.map(str::to_owned),
-            branch: None,
+            change: run.change.clone(),
+            summary,
         });
     }
 
     fn run<'a>(&'a self, job: &'a JobReport) -> BoxFuture<'a, Vec<PostBuildResult>> {
         Box::pin(self.run_steps(job))
     }
+}
+
+/// Why a step must not run on this change: a pull request from a fork,
+/// a plugin that asks for or is granted a secret, and a project that did not
+/// opt in with `secrets_on_fork_pull_requests`.
+fn fork_skip_reason(
+    ctx: &RunContext,
+    plugin: &str,
+    requests: &Requested,
+    grant: &Grant,
+) -> Option<String> {
+    if !ctx.change.fork || ctx.secrets_on_forks {
+        return None;
+    }
+    let mut secrets: Vec<&str> = requests
+        .secrets
+        .iter()
+        .chain(&grant.secrets)
+        .map(String::as_str)
+        .collect();
+    secrets.sort_unstable();
+    secrets.dedup();
+    if secrets.is_empty() {
+        return None;
+    }
+    let pr = ctx
+        .change
+        .pull_request
+        .map_or_else(String::new, |n| format!(" #{n}"));
+    let names: Vec<String> = secrets.iter().map(|s| format!("`{s}`")).collect();
+    Some(format!(
+        "pull request{pr} comes from a fork, and plugin `{plugin}` uses secret {}; to run it on fork pull requests, set `secrets_on_fork_pull_requests = true` under [projects.\"{}\"] in kiln.toml",
+        names.join(", "),
+        ctx.project
+    ))
 }
 
 /// The first capability `requests` names that `grant` does not give,
@@ -275,23 +436,29 @@ pub fn settings(step: &PostBuildStep) -> Vec<(String, String)> {
 
 /// Add a step's outcome to the job's log file.
 fn append_log(job: &JobReport, result: &PostBuildResult) {
-    let Some(path) = &job.log_path else { return };
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-    else {
-        return;
-    };
     let status = serde_json::to_value(result.status)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    let _ = writeln!(
-        f,
-        "[kiln post-build {}] {status}: {}",
-        result.step, result.message
+    append_line(
+        job,
+        &format!(
+            "[kiln post-build {}] {status}: {}",
+            result.step, result.message
+        ),
     );
+}
+
+/// Add one line to the job's log file.
+fn append_line(job: &JobReport, line: &str) {
+    let Some(path) = &job.log_path else { return };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Add a step's own log lines to the job's log file.
@@ -338,6 +505,93 @@ mod tests {
             first_ungranted(&wants_kv, &grant).as_deref(),
             Some("the key-value cache")
         );
+    }
+
+    fn step(toml_text: &str) -> PostBuildStep {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    fn default_step(toml_text: &str) -> DefaultStep {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn defaults_run_first_and_a_repository_step_replaces_their_settings() {
+        let defaults = [
+            default_step("plugin = \"gcroot\"\n"),
+            default_step("plugin = \"sign\"\nkey = \"operator\"\n"),
+            default_step("plugin = \"outputs\"\nprojects = [\"other/*\"]\n"),
+        ];
+        let repository = [
+            step("plugin = \"upload\"\n"),
+            step("plugin = \"sign\"\nkey = \"repo\"\nwarn_only = true\n"),
+            step("plugin = \"sign\"\nkey = \"second\"\n"),
+        ];
+        let steps = select_steps(&defaults, "me/repo", &repository);
+        let shown: Vec<(&str, StepOrigin, Option<&str>)> = steps
+            .iter()
+            .map(|s| {
+                (
+                    s.step.plugin.as_str(),
+                    s.origin,
+                    s.step.settings.get("key").and_then(|v| v.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("gcroot", StepOrigin::Operator, None),
+                ("sign", StepOrigin::RepositoryOverOperator, Some("repo")),
+                ("upload", StepOrigin::Repository, None),
+                ("sign", StepOrigin::Repository, Some("second")),
+            ]
+        );
+        assert!(steps[1].step.warn_only);
+        // `outputs` is only for other/*; with no repository steps the
+        // defaults run as written.
+        let steps = select_steps(&defaults, "other/x", &[]);
+        assert_eq!(steps.len(), 3);
+        assert!(steps.iter().all(|s| s.origin == StepOrigin::Operator));
+        assert_eq!(
+            summary(&steps[..1], &StepsSource::Checkout),
+            "post-build steps: `gcroot` (kiln.toml); repository steps from the checked-out buildbot-nix.toml"
+        );
+    }
+
+    #[test]
+    fn fork_pull_requests_skip_steps_with_secrets_unless_opted_in() {
+        let mut ctx = RunContext {
+            project: "me/repo".into(),
+            change: Change {
+                pull_request: Some(4),
+                fork: true,
+                ..Change::default()
+            },
+            ..RunContext::default()
+        };
+        let asks = Requested {
+            secrets: vec!["signing-key".into()],
+            ..Requested::default()
+        };
+        let granted = Grant {
+            secrets: vec!["token".into()],
+            ..Grant::default()
+        };
+        let none = Requested::default();
+        let reason = fork_skip_reason(&ctx, "sign", &asks, &Grant::default()).unwrap();
+        assert_eq!(
+            reason,
+            "pull request #4 comes from a fork, and plugin `sign` uses secret `signing-key`; to run it on fork pull requests, set `secrets_on_fork_pull_requests = true` under [projects.\"me/repo\"] in kiln.toml"
+        );
+        // Granted but not asked for counts too.
+        assert!(fork_skip_reason(&ctx, "x", &none, &granted).is_some());
+        assert_eq!(fork_skip_reason(&ctx, "x", &none, &Grant::default()), None);
+        ctx.secrets_on_forks = true;
+        assert_eq!(fork_skip_reason(&ctx, "sign", &asks, &granted), None);
+        ctx.secrets_on_forks = false;
+        ctx.change.fork = false;
+        assert_eq!(fork_skip_reason(&ctx, "sign", &asks, &granted), None);
     }
 
     #[test]

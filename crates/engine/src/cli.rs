@@ -72,10 +72,30 @@ pub struct RunArgs {
     /// failures are still recorded).
     #[arg(long)]
     pub rebuild_failed: bool,
-    /// Operator configuration (kiln.toml); checked to exist, used by later
-    /// features (post-build plugins).
+    /// Operator configuration (kiln.toml): post-build grants, default steps
+    /// and per-project settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The branch being built (for a pull request, its head branch).
+    /// Default: the checked-out branch, or `?ref=` of a git URL.
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
+    /// The repository's default branch. Other branches and pull requests
+    /// run the post-build steps of its committed buildbot-nix.toml, never
+    /// their own. Default: `default_branch` in kiln.toml's
+    /// [projects."FLAKE"], else origin/HEAD (a git URL's HEAD), else `main`
+    /// or `master` when that branch exists, else the checked-out branch.
+    #[arg(long, value_name = "NAME")]
+    pub default_branch: Option<String>,
+    /// Build pull request N: post-build steps come from the default
+    /// branch's buildbot-nix.toml, and plugins are told the number.
+    #[arg(long, value_name = "N")]
+    pub pull_request: Option<u64>,
+    /// The pull request comes from a fork: steps whose plugin asks for or is
+    /// granted a secret are skipped, unless kiln.toml sets
+    /// `secrets_on_fork_pull_requests = true` for the project.
+    #[arg(long, requires = "pull_request")]
+    pub fork: bool,
 }
 
 impl RunArgs {
@@ -88,6 +108,14 @@ impl RunArgs {
                 "--config {}: no such file; give the path of an existing kiln.toml",
                 c.display()
             ));
+        }
+        for (flag, name) in [
+            ("--branch", &self.branch),
+            ("--default-branch", &self.default_branch),
+        ] {
+            if let Some(name) = name {
+                crate::source::check_branch_name(flag, name)?;
+            }
         }
         if self.max_jobs == Some(0) {
             return Err("--max-jobs must be at least 1".into());
@@ -122,6 +150,12 @@ impl RunArgs {
             Some(FailedCache::new(FailedCache::default_dir()).rebuilding())
         } else {
             None
+        };
+        o.change = crate::source::ChangeOptions {
+            branch: self.branch.clone(),
+            default_branch: self.default_branch.clone(),
+            pull_request: self.pull_request,
+            fork: self.fork,
         };
         o.progress = Mode::detect();
         Ok(o)
@@ -299,5 +333,30 @@ mod tests {
         let e = parse(&["--max-jobs", "0"]).options().unwrap_err();
         assert!(e.contains("--max-jobs"), "{e}");
         assert!(Cli::try_parse_from(["kiln-run", "--timeout", "soon"]).is_err());
+        let e = parse(&["--default-branch=a..b"]).options().unwrap_err();
+        assert!(e.contains("--default-branch"), "{e}");
+    }
+
+    #[test]
+    fn change_flags() {
+        let o = parse(&[]).options().unwrap();
+        assert_eq!(o.change, crate::source::ChangeOptions::default());
+        let o = parse(&[
+            "--branch",
+            "feature",
+            "--default-branch",
+            "trunk",
+            "--pull-request",
+            "12",
+            "--fork",
+        ])
+        .options()
+        .unwrap();
+        assert_eq!(o.change.branch.as_deref(), Some("feature"));
+        assert_eq!(o.change.default_branch.as_deref(), Some("trunk"));
+        assert_eq!(o.change.pull_request, Some(12));
+        assert!(o.change.fork);
+        // A fork only makes sense for a pull request.
+        assert!(Cli::try_parse_from(["kiln-run", "--fork"]).is_err());
     }
 }

@@ -22,7 +22,7 @@ use crate::executor::ExecConfig;
 use crate::failed_cache::FailedCache;
 use crate::progress::{Mode, Progress};
 use crate::report::{JobReport, PostBuildResult, Report};
-use crate::source::{self, SourceError};
+use crate::source::{self, Change, ChangeOptions, RepoSteps, SourceError};
 
 /// A boxed future, as [`PostBuildHook::run`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,8 +46,14 @@ pub struct PreparedRun<'a> {
     pub flake: &'a str,
     /// The evaluated revision, when known.
     pub rev: Option<&'a str>,
-    /// The repository's `buildbot-nix.toml`.
+    /// The checked-out `buildbot-nix.toml`. Its `post_build` is the
+    /// checkout's own: run [`PreparedRun::steps`] instead.
     pub config: &'a crate::repo_config::RepoConfig,
+    /// The change built: branch, default branch, pull request, fork.
+    pub change: &'a Change,
+    /// The repository's post-build steps under the default-branch rule, and
+    /// where they were read from.
+    pub steps: &'a RepoSteps,
 }
 
 /// Everything a run needs to know.
@@ -77,6 +83,9 @@ pub struct RunOptions {
     pub failed_cache: Option<FailedCache>,
     /// Post-build hook; `None` leaves every `post_build` list empty.
     pub post_build: Option<Arc<dyn PostBuildHook>>,
+    /// The change built (branch, default branch, pull request, fork): which
+    /// `buildbot-nix.toml` selects the post-build steps, and what they see.
+    pub change: ChangeOptions,
     /// Progress display on stderr.
     pub progress: Mode,
 }
@@ -91,6 +100,7 @@ impl std::fmt::Debug for RunOptions {
             .field("max_jobs", &self.max_jobs)
             .field("log_dir", &self.log_dir)
             .field("post_build", &self.post_build.is_some())
+            .field("change", &self.change)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +121,7 @@ impl RunOptions {
             log_dir: log_dir.into(),
             failed_cache: None,
             post_build: None,
+            change: ChangeOptions::default(),
             progress: Mode::Quiet,
         }
     }
@@ -165,10 +176,13 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
     let nix = Nix::detect().await?;
     let source = source::prepare(&nix, &opts.flake, opts.rev.as_deref()).await?;
     if let Some(hook) = &opts.post_build {
+        let (change, steps) = source::resolve_change(&source, &opts.change).await?;
         hook.prepare(&PreparedRun {
             flake: &opts.flake,
             rev: source.rev.as_deref(),
             config: &source.config,
+            change: &change,
+            steps: &steps,
         });
     }
     let attribute = opts

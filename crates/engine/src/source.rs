@@ -13,6 +13,12 @@ use tempfile::TempDir;
 
 use crate::repo_config::{RepoConfig, RepoConfigError};
 
+mod change;
+
+pub use change::{
+    Change, ChangeOptions, RepoSteps, StepsSource, check_branch_name, resolve_change,
+};
+
 /// A flake ready to evaluate. Temporary directories live as long as this.
 #[derive(Debug)]
 pub struct Source {
@@ -28,7 +34,28 @@ pub struct Source {
     pub config: RepoConfig,
     /// On Nix with `--reference-lock-file`: the lock file to pass to it.
     pub reference_lock_file: Option<PathBuf>,
+    /// Where the checkout came from, for reading other branches.
+    origin: Origin,
     _temp: Vec<TempDir>,
+}
+
+/// Where a [`Source`]'s checkout came from: what [`resolve_change`] needs
+/// to name the branch and read the default branch's `buildbot-nix.toml`.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// A local directory, used in place (maybe inside a git work tree).
+    Dir,
+    /// A clone of the local repository `top` at `--rev`; the flake is
+    /// `prefix` inside it.
+    LocalClone { top: PathBuf, prefix: PathBuf },
+    /// A clone of a git URL; `reference` is its `?ref=`, the flake is
+    /// `prefix` (`?dir=`) inside it.
+    Url {
+        url: String,
+        reference: Option<String>,
+        top: PathBuf,
+        prefix: PathBuf,
+    },
 }
 
 /// Why FLAKE could not be prepared. All of these are exit-2 class.
@@ -91,6 +118,7 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
     let mut temp = Vec::new();
     // For a clone: its directory and how to name it in messages.
     let mut clone_of: Option<(PathBuf, String)> = None;
+    let mut origin = Origin::Dir;
     let root = if is_url(flake) {
         let parts = split_url(flake);
         let sub = checked_dir(flake, parts.dir.as_deref())?;
@@ -115,6 +143,12 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
                 reason: format!("no directory `{}` in {label}", sub.display()),
             });
         }
+        origin = Origin::Url {
+            url: parts.url.clone(),
+            reference: parts.reference.clone(),
+            top: top.clone(),
+            prefix: sub.clone(),
+        };
         clone_of = Some((top, label));
         root
     } else {
@@ -157,6 +191,7 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
                     });
                 }
                 clone_of = Some((clone_top, label));
+                origin = Origin::LocalClone { top, prefix };
                 root
             }
         }
@@ -219,6 +254,7 @@ pub async fn prepare(nix: &Nix, flake: &str, rev: Option<&str>) -> Result<Source
         rev,
         config,
         reference_lock_file,
+        origin,
         _temp: temp,
     })
 }

@@ -59,10 +59,26 @@ fn init_tracing() {
         .try_init();
 }
 
-/// `kiln run` with the repository's post-build steps run by the plugin
-/// host, under the grants of `--config` (or none).
-fn run(args: kiln_engine::cli::RunArgs) -> ExitCode {
-    match post_build_hook(args.config.as_deref()) {
+/// `kiln run` with post-build steps (the operator's defaults and the
+/// repository's) run by the plugin host, under the grants of `--config`
+/// (or none). A `default_branch` in `[projects."FLAKE"]` stands in for
+/// `--default-branch`.
+fn run(mut args: kiln_engine::cli::RunArgs) -> ExitCode {
+    let config = match &args.config {
+        // A missing file is reported by the engine's own check.
+        Some(path) if path.is_file() => match crate::config::KilnConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("kiln run: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => crate::config::KilnConfig::default(),
+    };
+    if args.default_branch.is_none() {
+        args.default_branch = config.project(&args.flake).default_branch;
+    }
+    match post_build_hook(config) {
         Ok(hook) => kiln_engine::cli::main_with(args, Some(hook)),
         Err(e) => {
             eprintln!("kiln run: {e}");
@@ -72,12 +88,8 @@ fn run(args: kiln_engine::cli::RunArgs) -> ExitCode {
 }
 
 fn post_build_hook(
-    config: Option<&std::path::Path>,
+    config: crate::config::KilnConfig,
 ) -> Result<std::sync::Arc<dyn kiln_engine::run::PostBuildHook>, String> {
-    let config = match config {
-        Some(path) => crate::config::KilnConfig::load(path).map_err(|e| e.to_string())?,
-        None => crate::config::KilnConfig::default(),
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
