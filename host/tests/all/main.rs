@@ -9,5 +9,6 @@ mod plugin_hostile;
 mod plugin_nar;
 mod plugin_sandbox;
 mod plugin_sign;
+mod post_build_policy;
 mod run_cli;
 mod run_post_build;
