@@ -430,6 +430,13 @@ mod tests {
         let sign = &c.grants["sign"];
         assert_eq!(sign.secrets, vec!["signing-key".to_owned()]);
         assert!(c.secrets.contains_key("signing-key"));
+        assert_eq!(c.post_build.len(), 1);
+        assert_eq!(c.post_build[0].step.plugin, "sign");
+        assert_eq!(c.post_build[0].projects, ["*"]);
+        assert!(c.post_build[0].step.settings.is_empty());
+        let p = c.project("example-org/example-repo");
+        assert_eq!(p.default_branch.as_deref(), Some("main"));
+        assert!(!p.secrets_on_fork_pull_requests);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Integration tests of kiln-engine, one binary (see STYLE.md).
 
+mod change;
 mod eval;
 mod eval_replay;
 mod repo_config;
