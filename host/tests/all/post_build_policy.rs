@@ -3,9 +3,10 @@
 //! steps, not the ones its own `buildbot-nix.toml` adds; a pull request from
 //! a fork skips a step that uses a secret (saying why and how to opt in)
 //! until the operator opts the project in, while steps without secrets still
-//! run; the operator's default steps from `kiln.toml` run for a project
-//! without a `buildbot-nix.toml`; a malformed default step is an error that
-//! names the file and line.
+//! run; `--default-branch` and a project's `default_branch` in `kiln.toml`
+//! choose the default branch; the operator's default steps from `kiln.toml`
+//! run for a project without a `buildbot-nix.toml`; a malformed default step
+//! is an error that names the file and line.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -159,6 +160,24 @@ fn a_pull_request_runs_the_default_branch_steps_not_its_own() {
     let out = kiln_run(&dir, &config, work.path(), &["--default-branch", "pr"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(names(&steps(&report(&out))), ["gcroot", "outputs"]);
+
+    // So does kiln.toml's `default_branch` for the project…
+    let grants = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{grants}\n[projects.{:?}]\ndefault_branch = \"pr\"\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = kiln_run(&dir, &config, work.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(names(&steps(&report(&out))), ["gcroot", "outputs"]);
+    // …and `--default-branch` overrides it.
+    let out = kiln_run(&dir, &config, work.path(), &["--default-branch", "main"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(names(&steps(&report(&out))), ["gcroot"]);
 }
 
 #[test]
