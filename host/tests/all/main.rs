@@ -1,7 +1,9 @@
 //! Integration tests of the `kiln` crate, one binary (see STYLE.md).
 
 mod common;
+mod plugin_attic;
 mod plugin_cache;
+mod plugin_cachix;
 mod plugin_check;
 mod plugin_errors;
 mod plugin_gcroot_outputs;
