@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::common::{build_info, build_salted_path, kiln_run_json, report};
 use crate::plugin_cachix::{
-    FakeServer, basename, closed_port, flake_with_dependency, host_with_secrets, job_paths,
-    key_pair, nar_dump, nix_info, push, secret_file, store_hash, upload_grant,
+    FakeServer, basename, build_random_path, closed_port, flake_with_dependency, host_with_secrets,
+    job_paths, key_pair, nar_dump, nix_info, push, secret_file, store_hash, upload_grant,
 };
 
 const TOKEN: &str = "attic-test-token";
@@ -230,6 +230,27 @@ async fn recorded_signatures_travel_and_a_large_narinfo_goes_in_a_preamble() {
         basename(dep_object["store_path"].as_str().unwrap()),
         basename(&dep)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nar_larger_than_plugin_memory_streams_through() {
+    let server = start_attic();
+    let host = host_with_secrets(&[("attic-token", TOKEN)]).await;
+    // More than the default 64 MiB a plugin may use: only streaming fits.
+    let big = build_random_path(80_000_000);
+    let endpoint = server.url();
+    let message = push(
+        &host,
+        "kiln-plugin-attic",
+        &build_info(&big),
+        &[("endpoint", endpoint.as_str()), ("cache", CACHE)],
+        upload_grant(&server.host(), &["attic-token"]),
+    )
+    .await
+    .unwrap();
+    assert!(message.starts_with("pushed 1 path "), "{message}");
+    assert_eq!(server.state()["rejections"], serde_json::json!([]));
+    assert_uploaded(&server, &big, Some("x86_64-linux"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

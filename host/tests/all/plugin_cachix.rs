@@ -518,6 +518,52 @@ async fn a_direct_push_uploads_only_what_the_cache_lacks() {
     }
 }
 
+/// A salted store path holding `bytes` random (incompressible) bytes.
+pub(crate) fn build_random_path(bytes: u64) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.nix");
+    std::fs::write(
+        &file,
+        format!(
+            r#"derivation {{ name = "kiln-upload-big"; system = "x86_64-linux"; builder = "/bin/sh";
+                args = ["-c" "head -c {bytes} /dev/urandom > $out # {}"]; }}"#,
+            salt()
+        ),
+    )
+    .unwrap();
+    sh(Command::new("nix-build").arg("--no-out-link").arg(&file))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nar_larger_than_a_part_goes_up_in_parts_within_the_default_limits() {
+    let (secret, public) = key_pair("test-1");
+    let server = start_cachix(&public);
+    let host = host_with_secrets(&[
+        ("cachix-auth-token", TOKEN),
+        ("cachix-signing-key", &secret),
+    ])
+    .await;
+    // 40 MB that zstd cannot shrink: parts of 16 MiB, 16 MiB and the rest.
+    let big = build_random_path(40_000_000);
+    let endpoint = server.url();
+    let message = push(
+        &host,
+        "kiln-plugin-cachix",
+        &crate::common::build_info(&big),
+        &[("cache", CACHE), ("endpoint", endpoint.as_str())],
+        upload_grant(&server.host(), &["cachix-auth-token", "cachix-signing-key"]),
+    )
+    .await
+    .unwrap();
+    assert!(message.starts_with("pushed 1 path "), "{message}");
+    let state = server.state();
+    assert_eq!(state["rejections"], serde_json::json!([]), "{state}");
+    assert_eq!(state["narinfos"][store_hash(&big)]["_parts"], 3, "{state}");
+    assert_pushed(&server, &public, &big, "zst");
+}
+
 #[test]
 fn a_wrong_token_fails_the_step_with_the_status_and_host_and_keeps_the_build() {
     let (secret, public) = key_pair("test-1");

@@ -34,9 +34,12 @@ const KEY_SECRET: &str = "cachix-signing-key";
 /// Where `cachix` sends API calls unless configured otherwise.
 const DEFAULT_ENDPOINT: &str = "https://cachix.org";
 /// The size of each uploaded part but the last. `cachix push` uses 32 MiB
-/// (at least 5 MiB, the storage minimum); half that keeps a step within
-/// Kiln's default 64 MiB of plugin memory.
-const PART_SIZE: u64 = 16 << 20;
+/// (at least 5 MiB, the storage minimum); half that, in one reused buffer,
+/// keeps a push well within Kiln's default 64 MiB of plugin memory.
+const PART_SIZE: usize = 16 << 20;
+/// The most one read asks the host for: the host's chunk is a second copy
+/// in plugin memory, so it stays small next to the part.
+const READ_CHUNK: usize = 1 << 20;
 /// The most store hashes one missing-hash query carries (as `cachix push`).
 const QUERY_BATCH: usize = 32768;
 /// The name errors give the service.
@@ -325,7 +328,8 @@ impl Client {
     }
 
     /// Streams the compressed NAR in parts to presigned URLs; returns the
-    /// parts with their ETags.
+    /// parts with their ETags. One part buffer is reused throughout, so a
+    /// push needs about [`PART_SIZE`] of plugin memory whatever the NAR's size.
     fn upload_parts(
         &self,
         created: &CreateMultipartUpload,
@@ -333,17 +337,16 @@ impl Client {
         path: &str,
     ) -> Result<Vec<CompletedPart>, PluginError> {
         let mut parts = Vec::new();
+        let mut buffer = vec![0u8; PART_SIZE];
         loop {
-            let mut part = Vec::new();
-            nar.by_ref()
-                .take(PART_SIZE)
-                .read_to_end(&mut part)
+            let filled = fill(nar, &mut buffer)
                 .map_err(|e| PluginError::failed(format!("cannot read the NAR of {path}: {e}")))?;
-            if part.is_empty() && !parts.is_empty() {
+            if filled == 0 && !parts.is_empty() {
                 return Ok(parts);
             }
+            let part = &buffer[..filled];
             let part_number = u32::try_from(parts.len() + 1).unwrap_or(u32::MAX);
-            let md5 = api::content_md5(&part);
+            let md5 = api::content_md5(part);
             let presigned: api::UploadPart = self.api_json(
                 self.urls.part(created, part_number),
                 &SigningData {
@@ -355,14 +358,11 @@ impl Client {
             // goes to the API only.
             let put = Request::new("PUT", presigned.upload_url.clone())
                 .header("content-type", "application/octet-stream")
-                .header("content-md5", md5)
-                .body(part);
-            let last = put.body.len() < PART_SIZE as usize;
-            let response = send(
-                "the storage host",
-                put,
-                &format!("store part {part_number} of {path}"),
-            )?;
+                .header("content-md5", md5);
+            let what = format!("store part {part_number} of {path}");
+            let response = http::send_body(put, &mut &*part, filled as u64)
+                .map_err(|e| status::unreachable("the storage host", &presigned.upload_url, &e))
+                .and_then(|r| status::check("the storage host", &what, &presigned.upload_url, r))?;
             let e_tag = response.header("etag").map(str::to_owned).ok_or_else(|| {
                 PluginError::failed(format!(
                     "the storage host {} returned no ETag for part {part_number} of {path}",
@@ -370,7 +370,7 @@ impl Client {
                 ))
             })?;
             parts.push(CompletedPart { part_number, e_tag });
-            if last {
+            if filled < PART_SIZE {
                 return Ok(parts);
             }
         }
@@ -384,6 +384,21 @@ impl Client {
             log::warn!("could not abort a failed upload: {e:?}");
         }
     }
+}
+
+/// Reads from `nar` until `buffer` is full or the NAR ends, asking the host
+/// for at most [`READ_CHUNK`] at a time; returns how much was read.
+fn fill(nar: &mut store::NarReader, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let end = (filled + READ_CHUNK).min(buffer.len());
+        let n = nar.read(&mut buffer[filled..end])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
 }
 
 /// Sends `request` to `service`, naming the URL when it is unreachable and
