@@ -235,18 +235,20 @@ impl Client {
         send(SERVICE, request, what)
     }
 
-    /// Sends an authenticated JSON API request and reads the JSON answer.
+    /// POSTs `body` as JSON (none when `None`, as for starting an upload)
+    /// to the API and reads the JSON answer.
     fn api_json<T: serde::de::DeserializeOwned>(
         &self,
         url: String,
-        body: &impl serde::Serialize,
+        body: Option<Vec<u8>>,
         what: &str,
     ) -> Result<T, PluginError> {
-        let body = serde_json::to_vec(body).map_err(PluginError::failed)?;
-        let request = Request::new("POST", url.clone())
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .body(body);
+        let mut request = Request::new("POST", url.clone()).header("accept", "application/json");
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
         let response = self.api(request, what)?;
         serde_json::from_slice(&response.body).map_err(|e| {
             PluginError::failed(format!(
@@ -261,8 +263,11 @@ impl Client {
         let mut missing = BTreeSet::new();
         for batch in closure.chunks(QUERY_BATCH) {
             let hashes: Vec<&str> = batch.iter().map(|p| api::store_hash(p)).collect();
-            let answer: Vec<String> =
-                self.api_json(self.urls.narinfo_bulk(), &hashes, "query missing paths")?;
+            let answer: Vec<String> = self.api_json(
+                self.urls.narinfo_bulk(),
+                Some(json(&hashes)?),
+                "query missing paths",
+            )?;
             missing.extend(answer);
         }
         Ok(closure
@@ -289,7 +294,7 @@ impl Client {
         })?;
         let created: CreateMultipartUpload = self.api_json(
             self.urls.create(api::compression_param(compression)),
-            &serde_json::Value::Null,
+            None,
             &format!("start the upload of {}", info.path),
         )?;
         let finished = self
@@ -317,11 +322,10 @@ impl Client {
             parts,
             nar_info_create,
         };
-        let body = serde_json::to_vec(&body).map_err(PluginError::failed)?;
         self.api(
             Request::new("POST", self.urls.complete(&created))
                 .header("content-type", "application/json")
-                .body(body),
+                .body(json(&body)?),
             &format!("complete the upload of {}", info.path),
         )?;
         Ok(file_size)
@@ -349,9 +353,9 @@ impl Client {
             let md5 = api::content_md5(part);
             let presigned: api::UploadPart = self.api_json(
                 self.urls.part(created, part_number),
-                &SigningData {
+                Some(json(&SigningData {
                     content_md5: md5.clone(),
-                },
+                })?),
                 &format!("sign part {part_number} of {path}"),
             )?;
             // The presigned URL carries its own authorisation: the token
@@ -384,6 +388,11 @@ impl Client {
             log::warn!("could not abort a failed upload: {e:?}");
         }
     }
+}
+
+/// `value` as a JSON body.
+fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, PluginError> {
+    serde_json::to_vec(value).map_err(PluginError::failed)
 }
 
 /// Reads from `nar` until `buffer` is full or the NAR ends, asking the host
