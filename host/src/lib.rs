@@ -12,4 +12,5 @@ pub mod cli;
 pub mod config;
 pub mod plugins;
 pub mod post_build;
+pub mod seaweed;
 pub mod store;

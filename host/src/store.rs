@@ -15,42 +15,107 @@ use kiln_runtime::context::{BoxFuture, PathInfo, StoreBackend};
 pub struct NixStore {
     nix: Nix,
     gc_root_dir: std::path::PathBuf,
+    infos: std::sync::Mutex<InfoCache>,
 }
+
+/// Path infos already read, and the closures plugins asked for recently:
+/// a miss on a path of such a closure reads the infos of its other
+/// uncached paths in the same `nix path-info` call, so an upload of a
+/// closure of many paths costs a few Nix processes, not one per path.
+/// A valid path's info changes only by gaining signatures, which
+/// `add_signatures` invalidates.
+#[derive(Default)]
+struct InfoCache {
+    infos: std::collections::HashMap<String, PathInfo>,
+    closures: std::collections::VecDeque<std::sync::Arc<Vec<String>>>,
+}
+
+/// Paths read in one batch at most.
+const INFO_BATCH: usize = 1000;
+/// Cached infos at most (the cache is cleared beyond).
+const INFO_CACHE_MAX: usize = 200_000;
+/// Closures remembered for batching.
+const RECENT_CLOSURES: usize = 8;
 
 impl NixStore {
     /// A backend that registers GC roots under `gc_root_dir`.
     pub fn new(nix: Nix, gc_root_dir: std::path::PathBuf) -> Self {
-        NixStore { nix, gc_root_dir }
+        NixStore {
+            nix,
+            gc_root_dir,
+            infos: std::sync::Mutex::new(InfoCache::default()),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, InfoCache> {
+        self.infos.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn info(&self, path: &str) -> Result<PathInfo, String> {
+        let batch = {
+            let cache = self.cache();
+            if let Some(info) = cache.infos.get(path) {
+                return Ok(info.clone());
+            }
+            let mut batch = vec![path.to_owned()];
+            if let Some(closure) = cache.closures.iter().find(|c| c.iter().any(|p| p == path)) {
+                batch.extend(
+                    closure
+                        .iter()
+                        .filter(|p| *p != path && !cache.infos.contains_key(*p))
+                        .take(INFO_BATCH - 1)
+                        .cloned(),
+                );
+            }
+            batch
+        };
         let infos = self
             .nix
-            .path_info(&[path.to_owned()])
+            .path_info(&batch)
             .await
             .map_err(|e| e.to_string())?;
-        let info = infos
-            .into_iter()
-            .find(|i| i.path == path)
-            .filter(|i| i.valid)
-            .ok_or_else(|| format!("{path} is not a valid store path"))?;
-        let raw = info
-            .nar_hash
-            .ok_or_else(|| format!("Nix printed no NAR hash for {path}"))?;
-        let nar_hash =
-            NarHash::parse(&raw).map_err(|e| format!("NAR hash `{raw}` of {path}: {e}"))?;
-        let mut references = info.references;
-        references.sort();
-        Ok(PathInfo {
-            path: info.path,
-            nar_hash: nar_hash.to_nix(),
-            nar_size: info.nar_size.unwrap_or(0),
-            references,
-            deriver: info.deriver,
-            signatures: info.signatures,
-            ca: info.ca,
-        })
+        let mut found = None;
+        let mut cache = self.cache();
+        if cache.infos.len() + infos.len() > INFO_CACHE_MAX {
+            cache.infos.clear();
+        }
+        for raw in infos.into_iter().filter(|i| i.valid) {
+            let wanted = raw.path == path;
+            match normalise(raw) {
+                Ok(info) => {
+                    if wanted {
+                        found = Some(Ok(info.clone()));
+                    }
+                    cache.infos.insert(info.path.clone(), info);
+                }
+                Err(e) if wanted => found = Some(Err(e)),
+                Err(_) => {}
+            }
+        }
+        found.unwrap_or_else(|| Err(format!("{path} is not a valid store path")))
     }
+}
+
+/// A path info as plugins see it: the NAR hash as `sha256:<nix base-32>`,
+/// references sorted.
+fn normalise(info: kiln_nix::PathInfo) -> Result<PathInfo, String> {
+    let path = &info.path;
+    let raw = info
+        .nar_hash
+        .as_deref()
+        .ok_or_else(|| format!("Nix printed no NAR hash for {path}"))?;
+    let nar_hash = NarHash::parse(raw).map_err(|e| format!("NAR hash `{raw}` of {path}: {e}"))?;
+    let mut references = info.references;
+    references.sort();
+    Ok(PathInfo {
+        path: info.path,
+        nar_hash: nar_hash.to_nix(),
+        nar_size: info.nar_size.unwrap_or(0),
+        references,
+        deriver: info.deriver,
+        signatures: info.signatures,
+        ca: info.ca,
+    })
 }
 
 struct ChildReader(std::process::Child);
@@ -88,7 +153,19 @@ impl StoreBackend for NixStore {
     }
 
     fn closure<'a>(&'a self, paths: &'a [String]) -> BoxFuture<'a, Result<Vec<String>, String>> {
-        Box::pin(async move { self.nix.closure(paths).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            let closure = self.nix.closure(paths).await.map_err(|e| e.to_string())?;
+            let mut cache = self.cache();
+            if !cache.closures.iter().any(|c| **c == closure) {
+                if cache.closures.len() >= RECENT_CLOSURES {
+                    cache.closures.pop_front();
+                }
+                cache
+                    .closures
+                    .push_back(std::sync::Arc::new(closure.clone()));
+            }
+            Ok(closure)
+        })
     }
 
     fn dump_nar<'a>(
@@ -96,6 +173,14 @@ impl StoreBackend for NixStore {
         path: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn Read + Send>, String>> {
         Box::pin(async move {
+            // Serialised in process (the store is readable by us), which
+            // saves a `nix-store --dump` process per path; plugins compare
+            // the NAR hash the host computes with the store's, so a
+            // difference cannot go unnoticed. Nix dumps what we cannot read.
+            let readable = std::fs::symlink_metadata(path).is_ok();
+            if readable && let Ok(encoder) = nix_nar::Encoder::new(path) {
+                return Ok(Box::new(encoder) as Box<dyn Read + Send>);
+            }
             let child = self.nix.dump_nar(path).map_err(|e| e.to_string())?;
             Ok(Box::new(ChildReader(child)) as Box<dyn Read + Send>)
         })
@@ -111,6 +196,8 @@ impl StoreBackend for NixStore {
                 return Ok(());
             }
             let info = self.info(path).await?;
+            // The path gains signatures: read its info afresh next time.
+            self.cache().infos.remove(path);
             let nar_hash = NarHash::parse(&info.nar_hash).map_err(|e| e.to_string())?;
             let narinfo = NarInfo {
                 store_path: info.path.clone(),
@@ -135,10 +222,13 @@ impl StoreBackend for NixStore {
             )?;
             write(&narinfo.file_name(), narinfo.to_string())?;
             let url = format!("file://{}", dir.path().display());
-            self.nix
+            let copied = self
+                .nix
                 .copy_sigs(&url, &[info.path])
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            self.cache().infos.remove(path);
+            copied
         })
     }
 

@@ -243,7 +243,17 @@ pub fn start_body(
         let stream = outgoing_body
             .write()
             .map_err(|()| HttpError::Failed("request body not writable".into()))?;
-        copy_body(&stream, body, length)?;
+        match copy_body(&stream, body, length) {
+            Ok(()) => {}
+            // The server answered (and closed) before taking the whole body,
+            // as servers do to refuse a request: its answer says why.
+            Err(BodyError::Closed) => {
+                drop(stream);
+                drop(outgoing_body);
+                return Ok(Pending { future });
+            }
+            Err(BodyError::Http(e)) => return Err(e),
+        }
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failed)?;
     Ok(Pending { future })
@@ -254,16 +264,30 @@ const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Copies exactly `length` bytes of `body` into `stream`, as fast as the
 /// host accepts them, in chunks of at most [`WRITE_CHUNK`].
-fn copy_body(stream: &OutputStream, body: &mut dyn Read, length: u64) -> Result<(), HttpError> {
+/// Why a body could not be written.
+enum BodyError {
+    /// The connection stopped taking it; the response may still arrive.
+    Closed,
+    /// Reading the body or the host failed.
+    Http(HttpError),
+}
+
+impl From<HttpError> for BodyError {
+    fn from(e: HttpError) -> Self {
+        BodyError::Http(e)
+    }
+}
+
+fn copy_body(stream: &OutputStream, body: &mut dyn Read, length: u64) -> Result<(), BodyError> {
     let mut buf = vec![0u8; WRITE_CHUNK.min(usize::try_from(length).unwrap_or(WRITE_CHUNK))];
     let mut left = length;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
         let n = body.read(&mut buf[..want]).map_err(io_failed)?;
         if n == 0 {
-            return Err(HttpError::Failed(format!(
+            return Err(BodyError::Http(HttpError::Failed(format!(
                 "request body ended {left} bytes short of its length {length}"
-            )));
+            ))));
         }
         let mut chunk = &buf[..n];
         while !chunk.is_empty() {
@@ -280,20 +304,28 @@ fn copy_body(stream: &OutputStream, body: &mut dyn Read, length: u64) -> Result<
         }
         left -= n as u64;
     }
-    stream.flush().map_err(stream_failed)?;
+    // Once a body with a `content-length` is complete the host closes the
+    // stream, so `Closed` here means everything was taken.
+    match stream.flush() {
+        Ok(()) | Err(StreamError::Closed) => {}
+        Err(e) => return Err(stream_failed(e)),
+    }
     loop {
         // Wait until the host took everything before the body is finished.
-        if stream.check_write().map_err(stream_failed)? > 0 {
-            return Ok(());
+        match stream.check_write() {
+            Ok(0) => stream.subscribe().block(),
+            Ok(_) | Err(StreamError::Closed) => return Ok(()),
+            Err(e) => return Err(stream_failed(e)),
         }
-        stream.subscribe().block();
     }
 }
 
-fn stream_failed(error: StreamError) -> HttpError {
+fn stream_failed(error: StreamError) -> BodyError {
     match error {
-        StreamError::LastOperationFailed(e) => HttpError::Failed(e.to_debug_string()),
-        StreamError::Closed => HttpError::Failed("the connection closed the request body".into()),
+        StreamError::LastOperationFailed(e) => {
+            BodyError::Http(HttpError::Failed(e.to_debug_string()))
+        }
+        StreamError::Closed => BodyError::Closed,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `kiln bench …`: benchmarks that print their figures (never run by the
 //! test suite). `plugin-call` and `plugin-startup` measure the runtime;
-//! `scheduler` and `run` are the pipeline's, from `kiln-engine`.
+//! `scheduler` and `run` are the pipeline's, from `kiln-engine`; `upload`
+//! (in `bench_upload.rs`) is the binary-cache plugin against `nix copy`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub enum BenchCommand {
     /// `kiln run` on 200 small fresh checks against the floor and one Nix
     /// process per derivation.
     Run(kiln_engine::bench::RunBenchArgs),
+    /// The binary-cache plugin uploading a 200 MiB closure to a local S3
+    /// server, against `nix copy --to http://…?compression=zstd`.
+    Upload(super::bench_upload::UploadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +55,7 @@ pub fn main(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Run(args) => kiln_engine::bench::run_bench(args),
         BenchCommand::PluginCall(args) => block_on(plugin_call(args)),
         BenchCommand::PluginStartup(args) => block_on(plugin_startup(args)),
+        BenchCommand::Upload(args) => block_on(super::bench_upload::upload(args)),
     }
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_upload;
 mod plugin;
 
 /// Kiln: CI for Nix flakes.

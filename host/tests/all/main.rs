@@ -2,6 +2,7 @@
 
 mod common;
 mod plugin_attic;
+mod plugin_binary_cache;
 mod plugin_cache;
 mod plugin_cachix;
 mod plugin_check;

@@ -114,7 +114,7 @@ impl PostBuild for BinaryCache {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let uploaded = upload_nars(&settings, &infos)?;
+        let (uploaded, nars_present) = upload_nars(&settings, &infos)?;
         let recorded: BTreeMap<&str, &[String]> = build
             .signatures
             .iter()
@@ -163,12 +163,17 @@ impl PostBuild for BinaryCache {
                 log::info!("uploaded {}", info.path);
             }
         }
+        let resumed = if nars_present > 0 {
+            format!(" ({nars_present} NARs from an earlier attempt kept)")
+        } else {
+            String::new()
+        };
         let signed = match &settings.key {
             Some(key) => format!(", signed with `{}`", key.name()),
             None => ", unsigned".to_owned(),
         };
         let message = format!(
-            "uploaded {} of {} paths to {cache} ({} NAR, {} {}){signed}; {present} already there",
+            "uploaded {} of {} paths to {cache} ({} NAR, {} {}){signed}; {present} already there{resumed}",
             infos.len(),
             paths.len(),
             mib(nar_bytes),
@@ -361,10 +366,9 @@ fn status_error(target: &Target, key: &str, response: &Response, status: u16) ->
                 .header("retry-after")
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(10);
-            PluginError::retry_after(
-                seconds,
-                format!("the cache {cache} answered {status} for `{key}`: {detail}"),
-            )
+            let reason = format!("the cache {cache} answered {status} for `{key}`: {detail}");
+            log::warn!("{reason}; asking to retry in {seconds} s");
+            PluginError::retry_after(seconds, reason)
         }
         401 | 403 => PluginError::failed(format!(
             "the cache {cache} refused `{key}` with {status}: check the credentials granted for it ({detail})"
@@ -425,17 +429,45 @@ struct Reading {
     overflow: bool,
 }
 
-/// Uploads the NAR of every path in `infos`, up to `parallel` at once:
-/// the host compresses several streams on its threads while this reads
-/// them round-robin; each finished NAR is `PUT` without waiting, and the
-/// responses are collected as they arrive. Returns each NAR's summary, by
-/// index.
-fn upload_nars(settings: &Settings, infos: &[PathInfo]) -> Result<Vec<NarSummary>, PluginError> {
+/// A request in flight for one NAR.
+enum InFlight {
+    /// Asking whether the NAR is already there (an earlier, interrupted
+    /// upload may have written it); the body waits for the answer.
+    Checking {
+        key: String,
+        pending: Pending,
+        body: Vec<u8>,
+    },
+    /// Writing it.
+    Putting { key: String, pending: Pending },
+}
+
+impl InFlight {
+    fn is_ready(&self) -> bool {
+        match self {
+            InFlight::Checking { pending, .. } | InFlight::Putting { pending, .. } => {
+                pending.is_ready()
+            }
+        }
+    }
+}
+
+/// Uploads the NAR of every path in `infos` the cache lacks, up to
+/// `parallel` at once: the host compresses several streams on its threads
+/// while this reads them round-robin; each finished NAR is looked up by its
+/// key and `PUT` when absent, without waiting, and the responses are
+/// collected as they arrive. Returns each NAR's summary and how many NARs
+/// were already there.
+fn upload_nars(
+    settings: &Settings,
+    infos: &[PathInfo],
+) -> Result<(Vec<NarSummary>, usize), PluginError> {
     let target = &settings.target;
     let mut summaries: Vec<Option<NarSummary>> = vec![None; infos.len()];
     let mut next = 0;
     let mut reading: Vec<Reading> = Vec::new();
-    let mut in_flight: Vec<(String, Pending)> = Vec::new();
+    let mut in_flight: Vec<InFlight> = Vec::new();
+    let mut present = 0;
     loop {
         while reading.len() < settings.parallel && next < infos.len() {
             reading.push(Reading {
@@ -479,54 +511,90 @@ fn upload_nars(settings: &Settings, infos: &[PathInfo]) -> Result<Vec<NarSummary
                     .map_err(|e| nar_error(info, &e.to_string()))?,
                 settings.compression_name(),
             );
-            let put = target.put(&key, "application/x-nix-nar");
-            let pending = if done.overflow {
-                // Second pass: the key is known now, stream straight through.
-                let mut again = open(&info.path, settings.compression)?;
-                let pending = http::start_body(put, &mut again, summary.file_size)
-                    .map_err(|e| unreachable(target, &e.to_string()))?;
-                let second = again
-                    .summary()
-                    .map_err(|e| nar_error(info, &e.describe()))?;
-                if second.file_hash != summary.file_hash {
-                    return Err(nar_error(
-                        info,
-                        "compressing it twice gave different bytes; lower `buffer_mib` is not the fix, report this",
-                    ));
+            let check = start(target, target.head(&key))?;
+            if done.overflow {
+                // Too large to keep: ask now, then stream a second pass
+                // straight into the PUT, the key being known.
+                if exists(target, &key, wait(target, check)?)? {
+                    present += 1;
+                } else {
+                    let mut again = open(&info.path, settings.compression)?;
+                    let put = target.put(&key, "application/x-nix-nar");
+                    let pending = http::start_body(put, &mut again, summary.file_size)
+                        .map_err(|e| unreachable(target, &e.to_string()))?;
+                    let second = again
+                        .summary()
+                        .map_err(|e| nar_error(info, &e.describe()))?;
+                    if second.file_hash != summary.file_hash {
+                        return Err(nar_error(
+                            info,
+                            "compressing it twice gave different bytes, so it cannot be streamed; \
+                             raise `buffer_mib` above its compressed size",
+                        ));
+                    }
+                    in_flight.push(InFlight::Putting { key, pending });
                 }
-                pending
             } else {
-                start(target, put.body(done.buffer))?
-            };
-            in_flight.push((key, pending));
+                in_flight.push(InFlight::Checking {
+                    key,
+                    pending: check,
+                    body: done.buffer,
+                });
+            }
             summaries[done.index] = Some(summary);
         }
-        collect(target, &mut in_flight, settings.parallel * 2)?;
+        present += collect(target, &mut in_flight, settings.parallel * 2)?;
     }
-    collect(target, &mut in_flight, 0)?;
-    Ok(summaries
+    present += collect(target, &mut in_flight, 0)?;
+    debug_assert!(in_flight.is_empty());
+    let summaries = summaries
         .into_iter()
-        .map(|s| s.expect("every NAR was read"))
-        .collect())
+        .map(|s| s.expect("every NAR was read to its end"))
+        .collect();
+    Ok((summaries, present))
 }
 
-/// Reads the responses that have arrived, and waits for the oldest until at
-/// most `keep` remain.
+/// Whether a `HEAD` found the object, or an error.
+fn exists(target: &Target, key: &str, response: Response) -> Result<bool, PluginError> {
+    match response.status {
+        200..=299 => Ok(true),
+        404 | 410 => Ok(false),
+        status => Err(status_error(target, key, &response, status)),
+    }
+}
+
+/// Handles the responses that have arrived, waiting for the oldest until at
+/// most `keep` requests remain; a NAR found absent is `PUT` now. Returns how
+/// many NARs were already there.
 fn collect(
     target: &Target,
-    in_flight: &mut Vec<(String, Pending)>,
+    in_flight: &mut Vec<InFlight>,
     keep: usize,
-) -> Result<(), PluginError> {
+) -> Result<usize, PluginError> {
+    let mut present = 0;
     let mut i = 0;
     while i < in_flight.len() {
-        if in_flight[i].1.is_ready() || in_flight.len() > keep {
-            let (key, pending) = in_flight.remove(i);
-            expect_success(target, &key, wait(target, pending)?)?;
-        } else {
+        if !in_flight[i].is_ready() && in_flight.len() <= keep {
             i += 1;
+            continue;
+        }
+        match in_flight.remove(i) {
+            InFlight::Checking { key, pending, body } => {
+                if exists(target, &key, wait(target, pending)?)? {
+                    present += 1;
+                } else {
+                    let put = target.put(&key, "application/x-nix-nar").body(body);
+                    let pending = start(target, put)?;
+                    // Revisited next: waited for when over `keep`.
+                    in_flight.insert(i, InFlight::Putting { key, pending });
+                }
+            }
+            InFlight::Putting { key, pending } => {
+                expect_success(target, &key, wait(target, pending)?)?;
+            }
         }
     }
-    Ok(())
+    Ok(present)
 }
 
 fn open(path: &str, compression: Compression) -> Result<store::NarReader, PluginError> {
