@@ -472,3 +472,39 @@ fn get_bytes(url: &str) -> Vec<u8> {
 fn get(url: &str) -> String {
     String::from_utf8(get_bytes(url)).unwrap()
 }
+
+/// A NAR larger than `buffer_mib` is not held in memory: it is streamed in
+/// a second pass straight into its PUT, and arrives whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nar_larger_than_the_buffer_is_streamed_in_a_second_pass() {
+    use crate::plugin_cachix::{
+        build_random_path, host_with_secrets, nar_dump, push, upload_grant,
+    };
+    let store = HttpStore::start(&[]);
+    let big = build_random_path(20_000_000);
+    let host = host_with_secrets(&[]).await;
+    let url = store.url();
+    let message = push(
+        &host,
+        "kiln-plugin-binary-cache",
+        &crate::common::build_info(&big),
+        &[
+            ("url", url.as_str()),
+            ("compression", "none"),
+            ("buffer_mib", "2"),
+        ],
+        upload_grant(&format!("127.0.0.1:{}", store.port), &[]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        message.starts_with("uploaded 1 of 1 paths") && message.contains(", unsigned"),
+        "{message}"
+    );
+    let narinfo = get(&format!("{url}/{}.narinfo", hash_part(&big)));
+    let fields = narinfo_fields(&narinfo);
+    let uploaded = std::fs::read(store.root.path().join(&fields["URL"][0])).unwrap();
+    assert!(uploaded == nar_dump(&big), "the NAR arrived whole");
+    assert_eq!(fields["Compression"], ["none"], "{narinfo}");
+    assert!(!fields.contains_key("Sig"), "{narinfo}");
+}
