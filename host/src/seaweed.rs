@@ -34,13 +34,25 @@ pub struct Seaweed {
     _dir: tempfile::TempDir,
 }
 
-/// Where `weed` is: `$KILN_WEED`, else `weed` on `PATH`.
+/// Where `weed` is: `$KILN_WEED`, else `weed` on `PATH` or in Python's
+/// scripts directory.
 fn find_weed() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("KILN_WEED") {
         return Ok(path.into());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
+    // pip puts it in Python's scripts directory, which may not be on PATH
+    // (pyenv adds a shim only after a rehash).
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     std::env::split_paths(&path)
+        .chain(scripts)
         .map(|dir| dir.join("weed"))
         .find(|p| p.is_file())
         .ok_or_else(|| {
