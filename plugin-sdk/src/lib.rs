@@ -4,7 +4,8 @@
 //! world, implement its trait ([`PostBuild`], [`Forge`] or [`Authz`]) for a
 //! unit struct, and name that struct in the world's export macro. Host
 //! capabilities are plain functions: [`log`], [`secrets`], [`store`],
-//! [`files`], [`kv`] and [`http`]. A plugin imports only what it calls, and
+//! [`files`], [`kv`] and [`http`]; forge plugins check signatures with
+//! [`webhook`]. A plugin imports only what it calls, and
 //! the operator's grant decides which calls succeed, so ask for every
 //! capability you use in `describe`.
 //!
@@ -57,6 +58,7 @@ pub mod log;
 pub mod secrets;
 pub mod store;
 mod types;
+pub mod webhook;
 #[doc(hidden)]
 pub mod wit;
 mod worlds;

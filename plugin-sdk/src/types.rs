@@ -1,7 +1,8 @@
 //! The plain Rust types plugin authors see, re-exported from the generated
 //! bindings, plus constructors and conversions that make them pleasant:
-//! a `PluginInfo` builder, `PluginError::failed`/`retry_after`, and `Display`
-//! for host errors.
+//! a `PluginInfo` builder, `PluginError::failed`/`retry_after`, `Display`
+//! for host errors, and constructors for webhook outcomes, git credentials
+//! and decisions.
 //!
 //! This module adds convenience only; it must not change what crosses the
 //! boundary (the WIT in `../wit` is the contract).
@@ -9,11 +10,12 @@
 use std::fmt;
 
 pub use crate::wit::authz::kiln::plugin::authz_types::{
-    Action, Decision, Resource, ResourceKind, Subject,
+    Action, Decision, PullRequestRef, Resource, ResourceKind, Subject,
 };
 pub use crate::wit::forge::kiln::plugin::forge_types::{
-    ChangeEvent, FailedJob, Header, PullRequest, PullRequestAction, PullRequestEvent, PushEvent,
-    Repository, StatusReport, StatusState, WebhookError, WebhookOutcome, WebhookRequest,
+    ChangeEvent, FailedJob, GitCredentials, Header, PullRequest, PullRequestAction,
+    PullRequestEvent, PushEvent, Repository, StatusReport, StatusState, WebhookDisposition,
+    WebhookError, WebhookOutcome, WebhookRequest,
 };
 pub use crate::wit::post_build::kiln::plugin::post_build_types::{
     BuildInfo, Output, PathSignatures, StepOutcome,
@@ -173,6 +175,74 @@ impl Decision {
         Self {
             allow: false,
             reason: reason.into(),
+        }
+    }
+}
+
+impl WebhookRequest {
+    /// The value of the first header called `name`, compared ignoring case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+}
+
+impl WebhookOutcome {
+    /// Changes to build, from the delivery with id `delivery` (if the forge
+    /// sends one).
+    pub fn events(delivery: Option<String>, events: Vec<ChangeEvent>) -> Self {
+        Self {
+            delivery,
+            disposition: WebhookDisposition::Events(events),
+        }
+    }
+
+    /// A verified delivery with nothing to build, and why.
+    pub fn ignored(delivery: Option<String>, note: impl Into<String>) -> Self {
+        Self {
+            delivery,
+            disposition: WebhookDisposition::Ignored(note.into()),
+        }
+    }
+}
+
+impl WebhookError {
+    /// Authentic and well-formed, but not handled now: ask the host to keep
+    /// the request and call again after `seconds`.
+    pub fn retry_after(seconds: u32, reason: impl fmt::Display) -> Self {
+        Self::RetryAfter(Retry {
+            seconds,
+            reason: reason.to_string(),
+        })
+    }
+}
+
+impl GitCredentials {
+    /// Fetch `url` without credentials (a public repository).
+    pub fn anonymous(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            username: None,
+            password: None,
+            valid_for_seconds: None,
+        }
+    }
+
+    /// Fetch `url` with basic auth `username`/`token`, reusable for
+    /// `valid_for_seconds` (`None`: until a fetch fails).
+    pub fn token(
+        url: impl Into<String>,
+        username: impl Into<String>,
+        token: impl Into<String>,
+        valid_for_seconds: Option<u32>,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            username: Some(username.into()),
+            password: Some(token.into()),
+            valid_for_seconds,
         }
     }
 }

@@ -7,8 +7,8 @@
 //! the author's trait to the generated bindings.
 
 use crate::{
-    Action, BuildInfo, Config, Decision, PluginError, PluginInfo, Repository, Resource,
-    StatusReport, StepOutcome, Subject, WebhookError, WebhookOutcome, WebhookRequest,
+    Action, BuildInfo, Config, Decision, GitCredentials, PluginError, PluginInfo, Repository,
+    Resource, StatusReport, StepOutcome, Subject, WebhookError, WebhookOutcome, WebhookRequest,
 };
 
 /// A plugin that runs on one built job (the `post-build` world).
@@ -27,17 +27,31 @@ pub trait Forge {
     fn describe() -> PluginInfo;
 
     /// Verifies a webhook (before parsing its body) and turns it into
-    /// change events.
+    /// change events, with the forge's delivery id. Return
+    /// [`WebhookError::Unauthenticated`] for a missing or wrong signature,
+    /// [`WebhookError::Malformed`] for a body that does not parse, and
+    /// [`WebhookOutcome::ignored`] for an event that needs no build.
     fn handle_webhook(
         request: WebhookRequest,
         config: Config,
     ) -> Result<WebhookOutcome, WebhookError>;
 
-    /// Reports a status or check on a commit.
+    /// Reports a status or check on a commit. Return
+    /// [`PluginError::retry_after`] when the forge rate-limits.
     fn report_status(report: StatusReport, config: Config) -> Result<(), PluginError>;
 
     /// Lists the repositories this forge instance should build.
     fn list_repositories(config: Config) -> Result<Vec<Repository>, PluginError>;
+
+    /// Credentials to fetch `repository` with `git`. The default fetches its
+    /// `clone_url` anonymously, which serves public repositories.
+    fn clone_credentials(
+        repository: Repository,
+        config: Config,
+    ) -> Result<GitCredentials, PluginError> {
+        let _ = config;
+        Ok(GitCredentials::anonymous(repository.clone_url))
+    }
 }
 
 /// An access policy (the `authz` world).
@@ -112,6 +126,16 @@ macro_rules! export_forge {
             ) -> ::core::result::Result<::std::vec::Vec<$crate::Repository>, $crate::PluginError>
             {
                 <$plugin as $crate::Forge>::list_repositories($crate::Config::from(config))
+            }
+
+            fn clone_credentials(
+                repository: $crate::Repository,
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::core::result::Result<$crate::GitCredentials, $crate::PluginError> {
+                <$plugin as $crate::Forge>::clone_credentials(
+                    repository,
+                    $crate::Config::from(config),
+                )
             }
         }
 

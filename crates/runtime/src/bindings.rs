@@ -4,7 +4,8 @@
 //! generated once (in the `post-build` world) and mapped into the others
 //! with `with`, so one host implementation serves every world. Nothing else
 //! in Kiln names generated types directly except the host implementations in
-//! `crate::host` and the call wrappers in `crate::call`.
+//! `crate::host` and the call wrappers in `crate::call`, `crate::call_forge`
+//! and `crate::call_authz`.
 
 #![allow(missing_docs, clippy::too_many_arguments)]
 
@@ -51,5 +52,7 @@ pub mod authz {
     });
 }
 
+pub use authz::kiln::plugin::authz_types;
+pub use forge::kiln::plugin::forge_types;
 pub use post_build::kiln::plugin::types;
 pub use post_build::kiln::plugin::{files, kv, log, post_build_types, secrets, store};

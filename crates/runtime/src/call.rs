@@ -148,19 +148,11 @@ impl Runtime {
         store.data_mut().store_roots = Some(build.outputs.iter().map(|o| o.path.clone()).collect());
         let outcome = tokio::time::timeout(limits.timeout(), async {
             let instance = pre.instantiate_async(&mut store).await?;
-            instance.call_run(&mut store, build, config).await
+            let run = instance.call_run(&mut store, build, config).await?;
+            Ok(run.map_err(plugin_error))
         })
         .await;
-        let result = match outcome {
-            Ok(Ok(Ok(outcome))) => Ok(outcome),
-            Ok(Ok(Err(e))) => Err(plugin_error(e)),
-            Ok(Err(e)) => Err(classify(&plugin.info.name, e, &store, &limits)),
-            Err(_) => Err(CallError::Timeout {
-                plugin: plugin.info.name.clone(),
-                seconds: limits.timeout_secs,
-            }),
-        };
-        finish(store, result)
+        conclude(&plugin.info.name, store, &limits, outcome)
     }
 
     /// Call `describe` on a freshly loaded component.
@@ -173,7 +165,7 @@ impl Runtime {
     ) -> Called<bindings::types::PluginInfo> {
         let mut store = self.new_store(ctx, &limits);
         let outcome = tokio::time::timeout(limits.timeout(), async {
-            match pre {
+            let info = match pre {
                 WorldPre::PostBuild(pre) => {
                     pre.instantiate_async(&mut store)
                         .await?
@@ -192,21 +184,14 @@ impl Runtime {
                         .call_describe(&mut store)
                         .await
                 }
-            }
+            }?;
+            Ok(Ok(info))
         })
         .await;
-        let result = match outcome {
-            Ok(Ok(info)) => Ok(info),
-            Ok(Err(e)) => Err(classify(name, e, &store, &limits)),
-            Err(_) => Err(CallError::Timeout {
-                plugin: name.to_owned(),
-                seconds: limits.timeout_secs,
-            }),
-        };
-        finish(store, result)
+        conclude(name, store, &limits, outcome)
     }
 
-    fn wrong_world<T>(
+    pub(crate) fn wrong_world<T>(
         &self,
         plugin: &Plugin,
         wanted: &'static str,
@@ -231,6 +216,31 @@ pub(crate) fn plugin_error(e: PluginError) -> CallError {
             reason: r.reason,
         },
     }
+}
+
+/// What a call wrapper's `tokio::time::timeout` around instantiation and the
+/// call yields: the wall clock ran out, Wasmtime failed (a trap, a limit,
+/// the host), or the plugin returned, successfully or with its own error.
+pub(crate) type Outcome<T> =
+    Result<wasmtime::Result<Result<T, CallError>>, tokio::time::error::Elapsed>;
+
+/// Turn a call's outcome into a [`Called`]: classify traps and limits, then
+/// [`finish`].
+pub(crate) fn conclude<T>(
+    plugin: &str,
+    store: Store<HostState>,
+    limits: &Limits,
+    outcome: Outcome<T>,
+) -> Called<T> {
+    let result = match outcome {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(classify(plugin, e, &store, limits)),
+        Err(_) => Err(CallError::Timeout {
+            plugin: plugin.to_owned(),
+            seconds: limits.timeout_secs,
+        }),
+    };
+    finish(store, result)
 }
 
 /// Move stdout/stderr into the log and append denials to a failure.

@@ -4,7 +4,9 @@
 //! - [`Runtime`] owns the Wasmtime engine, the compile cache and one linker
 //!   per world. [`Runtime::load`] turns bytes into a [`Plugin`] (validated,
 //!   compiled once, with an `InstancePre`); each call instantiates from it in
-//!   a fresh store with the grant's limits ([`call`]).
+//!   a fresh store with the grant's limits ([`call`]): `run_post_build`,
+//!   the forge calls (`handle_webhook`, `report_status`,
+//!   `list_repositories`, `clone_credentials`) and the authz `decide`.
 //! - [`grant`] is the operator's side: what a plugin may do, checked on every
 //!   host call in one exhaustive match. [`host`] implements the interfaces.
 //! - [`registry`] keeps the set of installed plugins (built-in and from the
@@ -16,6 +18,8 @@
 pub mod bindings;
 pub mod cache;
 pub mod call;
+mod call_authz;
+mod call_forge;
 pub mod context;
 pub mod engine;
 pub mod grant;

@@ -50,6 +50,7 @@ impl World {
                 "handle-webhook",
                 "report-status",
                 "list-repositories",
+                "clone-credentials",
             ],
             World::Authz => &["describe", "decide"],
         }
@@ -218,7 +219,7 @@ pub enum LoadError {
     },
     /// Exports match no world.
     #[error(
-        "{origin} implements no Kiln world: it exports [{exports}], but a post-build plugin exports `describe` and `run`, a forge plugin `handle-webhook`, `report-status` and `list-repositories`, an authz plugin `decide`"
+        "{origin} implements no Kiln world: it exports [{exports}], but a post-build plugin exports `describe` and `run`, a forge plugin `handle-webhook`, `report-status`, `list-repositories` and `clone-credentials`, an authz plugin `decide`"
     )]
     NoWorld {
         /// Path or name.

@@ -7,6 +7,7 @@ mod plugin_cache;
 mod plugin_cachix;
 mod plugin_check;
 mod plugin_errors;
+mod plugin_forge_authz;
 mod plugin_gcroot_outputs;
 mod plugin_hostile;
 mod plugin_nar;

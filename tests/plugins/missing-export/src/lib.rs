@@ -15,7 +15,7 @@ mod bindings {
 }
 
 use bindings::kiln::plugin::forge_types::{
-    Repository, WebhookError, WebhookOutcome, WebhookRequest,
+    GitCredentials, Repository, WebhookDisposition, WebhookError, WebhookOutcome, WebhookRequest,
 };
 use bindings::kiln::plugin::types::{Capabilities, PluginError, PluginInfo, WorldKind};
 
@@ -43,11 +43,26 @@ impl bindings::Guest for Incomplete {
         _request: WebhookRequest,
         _config: Vec<(String, String)>,
     ) -> Result<WebhookOutcome, WebhookError> {
-        Ok(WebhookOutcome::Ignored("nothing to do".into()))
+        Ok(WebhookOutcome {
+            delivery: None,
+            disposition: WebhookDisposition::Ignored("nothing to do".into()),
+        })
     }
 
     fn list_repositories(_config: Vec<(String, String)>) -> Result<Vec<Repository>, PluginError> {
         Ok(vec![])
+    }
+
+    fn clone_credentials(
+        repository: Repository,
+        _config: Vec<(String, String)>,
+    ) -> Result<GitCredentials, PluginError> {
+        Ok(GitCredentials {
+            url: repository.clone_url,
+            username: None,
+            password: None,
+            valid_for_seconds: None,
+        })
     }
 }
 
