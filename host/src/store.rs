@@ -6,6 +6,7 @@
 //! which works without a daemon on every Nix version.
 
 use std::io::Read;
+use std::path::Path;
 
 use kiln_narinfo::{NarHash, NarInfo};
 use kiln_nix::Nix;
@@ -26,7 +27,7 @@ pub struct NixStore {
 /// `add_signatures` invalidates.
 #[derive(Default)]
 struct InfoCache {
-    infos: std::collections::HashMap<String, PathInfo>,
+    infos: std::collections::HashMap<String, (std::time::Instant, PathInfo)>,
     closures: std::collections::VecDeque<std::sync::Arc<Vec<String>>>,
 }
 
@@ -34,6 +35,10 @@ struct InfoCache {
 const INFO_BATCH: usize = 1000;
 /// Cached infos at most (the cache is cleared beyond).
 const INFO_CACHE_MAX: usize = 200_000;
+/// How long a cached info is used: long enough for one upload, short
+/// enough that a path collected and rebuilt differently, or signed outside
+/// Kiln, is read afresh.
+const INFO_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 /// Closures remembered for batching.
 const RECENT_CLOSURES: usize = 8;
 
@@ -54,7 +59,9 @@ impl NixStore {
     async fn info(&self, path: &str) -> Result<PathInfo, String> {
         let batch = {
             let cache = self.cache();
-            if let Some(info) = cache.infos.get(path) {
+            if let Some((at, info)) = cache.infos.get(path)
+                && at.elapsed() < INFO_TTL
+            {
                 return Ok(info.clone());
             }
             let mut batch = vec![path.to_owned()];
@@ -62,18 +69,30 @@ impl NixStore {
                 batch.extend(
                     closure
                         .iter()
-                        .filter(|p| *p != path && !cache.infos.contains_key(*p))
+                        .filter(|p| {
+                            *p != path
+                                && cache
+                                    .infos
+                                    .get(*p)
+                                    .is_none_or(|(at, _)| at.elapsed() >= INFO_TTL)
+                        })
                         .take(INFO_BATCH - 1)
                         .cloned(),
                 );
             }
             batch
         };
-        let infos = self
-            .nix
-            .path_info(&batch)
-            .await
-            .map_err(|e| e.to_string())?;
+        let infos = match self.nix.path_info(&batch).await {
+            Ok(infos) => infos,
+            // One bad path of the batch must not fail the one asked for.
+            Err(_) if batch.len() > 1 => self
+                .nix
+                .path_info(&batch[..1])
+                .await
+                .map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
+        let now = std::time::Instant::now();
         let mut found = None;
         let mut cache = self.cache();
         if cache.infos.len() + infos.len() > INFO_CACHE_MAX {
@@ -86,7 +105,7 @@ impl NixStore {
                     if wanted {
                         found = Some(Ok(info.clone()));
                     }
-                    cache.infos.insert(info.path.clone(), info);
+                    cache.infos.insert(info.path.clone(), (now, info));
                 }
                 Err(e) if wanted => found = Some(Err(e)),
                 Err(_) => {}
@@ -116,6 +135,23 @@ fn normalise(info: kiln_nix::PathInfo) -> Result<PathInfo, String> {
         signatures: info.signatures,
         ca: info.ca,
     })
+}
+
+/// Whether every name under `path` is UTF-8 and readable, as `nix-nar`
+/// needs (it would fail mid-stream otherwise).
+fn utf8_tree(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_dir() {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return false;
+    };
+    entries
+        .into_iter()
+        .all(|entry| entry.is_ok_and(|e| e.file_name().to_str().is_some() && utf8_tree(&e.path())))
 }
 
 struct ChildReader(std::process::Child);
@@ -177,8 +213,9 @@ impl StoreBackend for NixStore {
             // saves a `nix-store --dump` process per path; plugins compare
             // the NAR hash the host computes with the store's, so a
             // difference cannot go unnoticed. Nix dumps what we cannot read.
-            let readable = std::fs::symlink_metadata(path).is_ok();
-            if readable && let Ok(encoder) = nix_nar::Encoder::new(path) {
+            if utf8_tree(Path::new(path))
+                && let Ok(encoder) = nix_nar::Encoder::new(path)
+            {
                 return Ok(Box::new(encoder) as Box<dyn Read + Send>);
             }
             let child = self.nix.dump_nar(path).map_err(|e| e.to_string())?;

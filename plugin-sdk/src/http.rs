@@ -249,7 +249,9 @@ pub fn start_body(
             // as servers do to refuse a request: its answer says why.
             Err(BodyError::Closed) => {
                 drop(stream);
-                drop(outgoing_body);
+                // Finished anyway (its error ignored): an unfinished body
+                // would turn the server's answer into a transport error.
+                let _ = OutgoingBody::finish(outgoing_body, None);
                 return Ok(Pending { future });
             }
             Err(BodyError::Http(e)) => return Err(e),

@@ -6,7 +6,8 @@ Prints its port on the first line of stdout. Records every request so a test
 can check that nothing was written twice (`GET /_test/state`), can require an
 `Authorization` header (`--auth VALUE`), and can fail one PUT with 503 and
 `Retry-After: 1` after N successful ones (`--fail-put-after N`) to simulate
-an interrupted upload. Standard library only.
+an interrupted upload, and can answer HEAD of NARs slowly (`--delay-nar-head S`) so
+that a client holds finished NARs while it waits. Standard library only.
 """
 
 import argparse
@@ -14,12 +15,14 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("root")
 parser.add_argument("--auth")
 parser.add_argument("--fail-put-after", type=int)
+parser.add_argument("--delay-nar-head", type=float, default=0.0)
 args = parser.parse_args()
 
 lock = threading.Lock()
@@ -61,6 +64,8 @@ class Store(BaseHTTPRequestHandler):
     def do_GET(self):
         with lock:
             state["requests"] += 1
+        if self.command == "HEAD" and self.path.startswith("/nar/") and args.delay_nar_head:
+            time.sleep(args.delay_nar_head)
         if self.path == "/_test/state":
             with lock:
                 body = json.dumps(state).encode()

@@ -508,3 +508,50 @@ async fn a_nar_larger_than_the_buffer_is_streamed_in_a_second_pass() {
     assert_eq!(fields["Compression"], ["none"], "{narinfo}");
     assert!(!fields.contains_key("Sig"), "{narinfo}");
 }
+
+/// A salted path referring to `count` paths of `bytes` random bytes each.
+fn build_random_closure(count: usize, bytes: u64) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.nix");
+    let refs: Vec<String> = (0..count).map(|i| format!("${{part {i}}}")).collect();
+    std::fs::write(
+        &file,
+        format!(
+            r#"let part = i: derivation {{ name = "kiln-bc-part-${{toString i}}"; system = "x86_64-linux";
+                 builder = "/bin/sh"; args = ["-c" "head -c {bytes} /dev/urandom > $out # {salt} ${{toString i}}"]; }};
+               in derivation {{ name = "kiln-bc-parts"; system = "x86_64-linux"; builder = "/bin/sh";
+                 args = ["-c" "echo {refs} > $out"]; }}"#,
+            salt = salt(),
+            refs = refs.join(" ")
+        ),
+    )
+    .unwrap();
+    sh(Command::new("nix-build").arg("--no-out-link").arg(&file))
+        .trim()
+        .to_owned()
+}
+
+/// Many NARs near the buffer size, under the default 64 MiB of plugin
+/// memory: the plugin holds back reads instead of running out.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_medium_nars_fit_the_default_memory_limit() {
+    use crate::plugin_cachix::{host_with_secrets, push, upload_grant};
+    // Slow answers about NARs make finished NARs pile up in the plugin.
+    let store = HttpStore::start(&["--delay-nar-head", "0.5"]);
+    let top = build_random_closure(12, 6_000_000);
+    let host = host_with_secrets(&[]).await;
+    let url = store.url();
+    let message = push(
+        &host,
+        "kiln-plugin-binary-cache",
+        &crate::common::build_info(&top),
+        &[("url", url.as_str())],
+        upload_grant(&format!("127.0.0.1:{}", store.port), &[]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(message.starts_with("uploaded 13 of 13 paths"), "{message}");
+    let puts = store.puts();
+    assert_eq!(puts.len(), 27, "{puts:?}");
+    assert!(puts.values().all(|&n| n == 1), "{puts:?}");
+}

@@ -123,9 +123,12 @@ impl PostBuild for BinaryCache {
         let mut own_signatures = Vec::new();
         let mut nar_bytes = 0u64;
         let mut file_bytes = 0u64;
-        for level in plan::levels(&infos) {
+        for batch in plan::levels(&infos)
+            .iter()
+            .flat_map(|level| level.chunks(QUERY_BATCH))
+        {
             let mut pending = Vec::new();
-            for i in level {
+            for &i in batch {
                 let info = &infos[i];
                 let summary = &uploaded[i];
                 nar_bytes += summary.nar_size;
@@ -153,8 +156,17 @@ impl PostBuild for BinaryCache {
                     .body(narinfo.to_string());
                 pending.push((narinfo.file_name(), start(&settings.target, request)?));
             }
+            // Every request is waited for, even after one failed.
+            let mut first_error = None;
             for (key, pending) in pending {
-                expect_success(&settings.target, &key, wait(&settings.target, pending)?)?;
+                let result = wait(&settings.target, pending)
+                    .and_then(|r| expect_success(&settings.target, &key, r));
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
         }
         let present = paths.len() - missing.len();
@@ -202,6 +214,8 @@ struct Settings {
     upload_closure: bool,
     parallel: usize,
     buffer_limit: usize,
+    /// NAR bytes held at most before waiting for uploads to finish.
+    memory_cap: usize,
 }
 
 impl Settings {
@@ -275,6 +289,9 @@ impl Settings {
             upload_closure: config.get_bool("upload_closure", true)?,
             parallel,
             buffer_limit: buffer_mib.clamp(1, 256) << 20,
+            // Within the default 64 MiB of plugin memory with the default
+            // `buffer_mib`; a larger buffer needs a larger `memory_mib`.
+            memory_cap: (buffer_mib.clamp(1, 256) << 20) * 3,
         })
     }
 
@@ -385,7 +402,7 @@ fn ensure_cache_info(target: &Target) -> Result<(), PluginError> {
     let response = wait(target, start(target, target.head("nix-cache-info"))?)?;
     match response.status {
         200..=299 => Ok(()),
-        404 => {
+        403 | 404 => {
             let request = target
                 .put("nix-cache-info", "text/x-nix-cache-info")
                 .body("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 41\n");
@@ -412,7 +429,7 @@ fn query_missing(target: &Target, paths: &[String]) -> Result<Vec<String>, Plugi
             let response = wait(target, pending)?;
             match response.status {
                 200..=299 => {}
-                404 | 410 => missing.push(path.clone()),
+                403 | 404 | 410 => missing.push(path.clone()),
                 status => return Err(status_error(target, &key, &response, status)),
             }
         }
@@ -420,11 +437,57 @@ fn query_missing(target: &Target, paths: &[String]) -> Result<Vec<String>, Plugi
     Ok(missing)
 }
 
+/// A compressed NAR held in memory as the chunks the host handed over.
+#[derive(Default)]
+struct Chunks {
+    chunks: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Vec<u8>) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    /// The bytes in order, as a reader.
+    fn reader(&self) -> ChunksReader<'_> {
+        ChunksReader {
+            chunks: &self.chunks,
+            index: 0,
+            offset: 0,
+        }
+    }
+}
+
+struct ChunksReader<'a> {
+    chunks: &'a [Vec<u8>],
+    index: usize,
+    offset: usize,
+}
+
+impl std::io::Read for ChunksReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(chunk) = self.chunks.get(self.index) {
+            if self.offset < chunk.len() {
+                let n = buf.len().min(chunk.len() - self.offset);
+                buf[..n].copy_from_slice(&chunk[self.offset..self.offset + n]);
+                self.offset += n;
+                return Ok(n);
+            }
+            self.index += 1;
+            self.offset = 0;
+        }
+        Ok(0)
+    }
+}
+
 /// A NAR being read from the host into memory.
 struct Reading {
     index: usize,
     reader: store::NarReader,
-    buffer: Vec<u8>,
+    /// The chunks read so far, as the host handed them (no regrowing).
+    buffer: Chunks,
     /// Larger than the buffer limit: drained now, streamed in a second pass.
     overflow: bool,
 }
@@ -436,7 +499,7 @@ enum InFlight {
     Checking {
         key: String,
         pending: Pending,
-        body: Vec<u8>,
+        body: Chunks,
     },
     /// Writing it.
     Putting { key: String, pending: Pending },
@@ -462,18 +525,51 @@ fn upload_nars(
     settings: &Settings,
     infos: &[PathInfo],
 ) -> Result<(Vec<NarSummary>, usize), PluginError> {
+    let mut in_flight: Vec<InFlight> = Vec::new();
+    let result = upload_nars_with(settings, infos, &mut in_flight);
+    if result.is_err() {
+        // Leave no request running unobserved behind a failure.
+        for request in in_flight.drain(..) {
+            let (InFlight::Checking { pending, .. } | InFlight::Putting { pending, .. }) = request;
+            let _ = pending.wait();
+        }
+    }
+    result
+}
+
+/// Bytes held in memory for NARs read or waiting to be sent.
+fn held(reading: &[Reading], in_flight: &[InFlight]) -> usize {
+    let read: usize = reading.iter().map(|r| r.buffer.len).sum();
+    let waiting: usize = in_flight
+        .iter()
+        .map(|f| match f {
+            InFlight::Checking { body, .. } => body.len,
+            InFlight::Putting { .. } => 0,
+        })
+        .sum();
+    read + waiting
+}
+
+fn upload_nars_with(
+    settings: &Settings,
+    infos: &[PathInfo],
+    in_flight: &mut Vec<InFlight>,
+) -> Result<(Vec<NarSummary>, usize), PluginError> {
     let target = &settings.target;
     let mut summaries: Vec<Option<NarSummary>> = vec![None; infos.len()];
     let mut next = 0;
     let mut reading: Vec<Reading> = Vec::new();
-    let mut in_flight: Vec<InFlight> = Vec::new();
     let mut present = 0;
     loop {
+        // Bound memory: with too much held, let the waiting NARs go first.
+        if held(&reading, in_flight) > settings.memory_cap {
+            present += collect(target, in_flight, 0)?;
+        }
         while reading.len() < settings.parallel && next < infos.len() {
             reading.push(Reading {
                 index: next,
                 reader: open(&infos[next].path, settings.compression)?,
-                buffer: Vec::new(),
+                buffer: Chunks::default(),
                 overflow: false,
             });
             next += 1;
@@ -489,12 +585,12 @@ fn upload_nars(
                 .read_chunk(READ_CHUNK)
                 .map_err(|e| nar_error(&infos[r.index], &e.describe()))?;
             if !chunk.is_empty() {
-                if !r.overflow && r.buffer.len() + chunk.len() > settings.buffer_limit {
+                if !r.overflow && r.buffer.len + chunk.len() > settings.buffer_limit {
                     r.overflow = true;
-                    r.buffer = Vec::new();
+                    r.buffer = Chunks::default();
                 }
                 if !r.overflow {
-                    r.buffer.extend_from_slice(&chunk);
+                    r.buffer.push(chunk);
                 }
                 i += 1;
                 continue;
@@ -526,6 +622,10 @@ fn upload_nars(
                         .summary()
                         .map_err(|e| nar_error(info, &e.describe()))?;
                     if second.file_hash != summary.file_hash {
+                        // The object's bytes do not match its name: remove it
+                        // so that a retry does not take it as uploaded.
+                        let _ = pending.wait();
+                        let _ = http::send(target.delete(&key));
                         return Err(nar_error(
                             info,
                             "compressing it twice gave different bytes, so it cannot be streamed; \
@@ -543,9 +643,9 @@ fn upload_nars(
             }
             summaries[done.index] = Some(summary);
         }
-        present += collect(target, &mut in_flight, settings.parallel * 2)?;
+        present += collect(target, in_flight, settings.parallel * 2)?;
     }
-    present += collect(target, &mut in_flight, 0)?;
+    present += collect(target, in_flight, 0)?;
     debug_assert!(in_flight.is_empty());
     let summaries = summaries
         .into_iter()
@@ -558,7 +658,9 @@ fn upload_nars(
 fn exists(target: &Target, key: &str, response: Response) -> Result<bool, PluginError> {
     match response.status {
         200..=299 => Ok(true),
-        404 | 410 => Ok(false),
+        // S3 answers 403 for a missing key to a client without ListBucket;
+        // wrong credentials are reported by the PUT that follows.
+        403 | 404 | 410 => Ok(false),
         status => Err(status_error(target, key, &response, status)),
     }
 }
@@ -583,8 +685,10 @@ fn collect(
                 if exists(target, &key, wait(target, pending)?)? {
                     present += 1;
                 } else {
-                    let put = target.put(&key, "application/x-nix-nar").body(body);
-                    let pending = start(target, put)?;
+                    let put = target.put(&key, "application/x-nix-nar");
+                    let length = body.len as u64;
+                    let pending = http::start_body(put, &mut body.reader(), length)
+                        .map_err(|e| unreachable(target, &e.to_string()))?;
                     // Revisited next: waited for when over `keep`.
                     in_flight.insert(i, InFlight::Putting { key, pending });
                 }

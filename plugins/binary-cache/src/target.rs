@@ -140,6 +140,30 @@ impl Target {
         }
     }
 
+    /// `DELETE` of `key`.
+    pub fn delete(&self, key: &str) -> Request {
+        match self {
+            Target::S3 {
+                bucket,
+                credentials,
+                prefix,
+            } => Request::new(
+                "DELETE",
+                bucket
+                    .delete_object(Some(credentials), &format!("{prefix}{key}"))
+                    .sign(PRESIGN_FOR)
+                    .to_string(),
+            ),
+            Target::Http {
+                base,
+                authorization,
+            } => with_auth(
+                Request::new("DELETE", format!("{base}/{key}")),
+                authorization,
+            ),
+        }
+    }
+
     /// `PUT` of `key` with `content_type`; the caller adds the body.
     pub fn put(&self, key: &str, content_type: &str) -> Request {
         let request = match self {
