@@ -36,6 +36,57 @@ pub struct KilnConfig {
     /// Per-project settings, by exact project name.
     #[serde(default)]
     pub projects: BTreeMap<String, ProjectSettings>,
+    /// `kiln serve`: where it listens and keeps its state.
+    #[serde(default)]
+    pub serve: ServeConfig,
+    /// Forge instances webhooks arrive for, by instance name (the
+    /// `<instance>` of `/webhooks/<instance>`).
+    #[serde(default)]
+    pub forges: BTreeMap<String, ForgeInstance>,
+}
+
+/// `[serve]`: the service's address and state. Every key is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on (default `127.0.0.1:8010`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Directory of the SQLite database (default `$XDG_STATE_HOME/kiln`,
+    /// else `~/.local/state/kiln`).
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://…` or `postgres://…`; `KILN_DATABASE_URL` overrides it.
+    /// Default: `kiln.sqlite3` in the data directory.
+    pub database_url: Option<String>,
+}
+
+/// `[forges.<instance>]`: one forge that sends webhooks, served by a forge
+/// plugin. The plugin's grant (its webhook secret, its API host) stays under
+/// `[grants.<plugin>]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ForgeInstance {
+    /// The forge plugin, by the name its `describe` returns.
+    pub plugin: String,
+    /// Every other key: the plugin's own settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl ForgeInstance {
+    /// The settings as the plugin's config pairs: strings as they are, other
+    /// scalars as TOML text, arrays and tables as JSON.
+    pub fn config_pairs(&self) -> Vec<(String, String)> {
+        let text = |v: &toml::Value| match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Array(_) | toml::Value::Table(_) => {
+                serde_json::to_string(v).unwrap_or_default()
+            }
+            other => other.to_string(),
+        };
+        self.settings
+            .iter()
+            .map(|(k, v)| (k.clone(), text(v)))
+            .collect()
+    }
 }
 
 /// One operator `[[post_build]]` step: the shape of a repository's step,
@@ -206,6 +257,7 @@ impl KilnConfig {
                 });
             }
         }
+        check_forges(path, text, &config)?;
         for (name, source) in &config.secrets {
             if source.file.is_some() == source.env.is_some() {
                 return Err(ConfigError::Invalid {
@@ -268,15 +320,7 @@ impl KilnConfig {
         if let Some(dir) = &self.plugins.cache_dir {
             return Some(dir.clone());
         }
-        let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
-        std::env::var_os("XDG_CACHE_HOME")
-            .and_then(non_empty)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .and_then(non_empty)
-                    .map(|h| h.join(".cache"))
-            })
-            .map(|base| base.join("kiln/wasm"))
+        xdg_dir("XDG_CACHE_HOME", ".cache").map(|base| base.join("kiln/wasm"))
     }
 
     /// The secrets provider for these settings.
@@ -344,6 +388,34 @@ fn check_default_steps(path: &Path, text: &str, config: &KilnConfig) -> Result<(
     Ok(())
 }
 
+/// Each `[forges.<instance>]` has a name usable in a URL path and names a
+/// plugin. Errors name the section's line.
+fn check_forges(path: &Path, text: &str, config: &KilnConfig) -> Result<(), ConfigError> {
+    for (name, forge) in &config.forges {
+        let line = table_line(text, "forges", Some(name)).unwrap_or(1);
+        let err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            message,
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(err(format!(
+                "[forges.\"{name}\"]: an instance name is used in `/webhooks/<instance>`; use only letters, digits, `-`, `_` and `.`"
+            )));
+        }
+        if forge.plugin.trim().is_empty() {
+            return Err(err(format!(
+                "[forges.{name}] `plugin` is empty; name an installed forge plugin"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The 1-based lines of each top-level `[[name]]` header, in order.
 fn array_table_lines(text: &str, name: &str) -> Vec<usize> {
     text.lines()
@@ -386,6 +458,17 @@ fn table_line(text: &str, table: &str, key: Option<&str>) -> Option<usize> {
             }
         })
         .map(|i| i + 1)
+}
+
+/// An XDG base directory: `$var` when set and not empty, else
+/// `$HOME/home_relative`; `None` when neither is set.
+pub fn xdg_dir(var: &str, home_relative: &str) -> Option<PathBuf> {
+    let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
+    std::env::var_os(var).and_then(non_empty).or_else(|| {
+        std::env::var_os("HOME")
+            .and_then(non_empty)
+            .map(|h| h.join(home_relative))
+    })
 }
 
 /// The environment variable that overrides secret `name`.
@@ -437,6 +520,8 @@ mod tests {
         let p = c.project("example-org/example-repo");
         assert_eq!(p.default_branch.as_deref(), Some("main"));
         assert!(!p.secrets_on_fork_pull_requests);
+        assert_eq!(c.serve, ServeConfig::default());
+        assert!(c.forges.is_empty());
     }
 
     #[test]
@@ -515,6 +600,78 @@ mod tests {
                 "not a valid branch name",
             ),
         ];
+        assert_errors(&cases);
+        // Different projects may each have their own `sign`.
+        KilnConfig::parse(
+            Path::new("k.toml"),
+            "[[post_build]]\nplugin = \"sign\"\nprojects = [\"a/*\"]\n[[post_build]]\nplugin = \"sign\"\nprojects = [\"b/*\"]\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn serve_and_forge_sections_parse() {
+        let c = KilnConfig::parse(
+            Path::new("k.toml"),
+            "[serve]\nlisten = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/kiln\"\n\n[forges.github]\nplugin = \"github\"\napp_id = 42\norg = \"acme\"\ntopics = [\"a\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.serve.listen, Some("0.0.0.0:9000".parse().unwrap()));
+        assert_eq!(
+            c.serve.data_dir.as_deref(),
+            Some(Path::new("/var/lib/kiln"))
+        );
+        assert_eq!(c.serve.database_url, None);
+        let github = &c.forges["github"];
+        assert_eq!(github.plugin, "github");
+        assert_eq!(
+            github.config_pairs(),
+            [
+                ("app_id".to_owned(), "42".to_owned()),
+                ("org".to_owned(), "acme".to_owned()),
+                ("topics".to_owned(), "[\"a\"]".to_owned())
+            ]
+        );
+        assert_eq!(
+            KilnConfig::parse(Path::new("k.toml"), "").unwrap().serve,
+            ServeConfig::default()
+        );
+    }
+
+    #[test]
+    fn malformed_serve_and_forge_sections_name_the_line() {
+        let cases = [
+            (
+                "[serve]\nlisten = \"127.0.0.1:8010\"\nport = 1\n",
+                "k.toml:3:",
+                "unknown field `port`",
+            ),
+            (
+                "\n[serve]\nlisten = \"nowhere\"\n",
+                "k.toml:3:",
+                "invalid socket address",
+            ),
+            (
+                "[forges.github]\nsecret = \"x\"\n",
+                "k.toml:1:",
+                "missing field `plugin`",
+            ),
+            (
+                "\n[forges.\"a/b\"]\nplugin = \"github\"\n",
+                "k.toml:2:",
+                "/webhooks/<instance>",
+            ),
+            (
+                "[forges.gh]\nplugin = \" \"\n",
+                "k.toml:1:",
+                "`plugin` is empty",
+            ),
+        ];
+        assert_errors(&cases);
+    }
+
+    /// Each (text, expected `file:line:` prefix, expected words) fails so.
+    fn assert_errors(cases: &[(&str, &str, &str)]) {
         for (text, at, needle) in cases {
             let msg = KilnConfig::parse(Path::new("k.toml"), text)
                 .unwrap_err()
@@ -522,12 +679,6 @@ mod tests {
             assert!(msg.starts_with(at), "{text:?}: {msg}");
             assert!(msg.contains(needle), "{text:?}: {msg}");
         }
-        // Different projects may each have their own `sign`.
-        KilnConfig::parse(
-            Path::new("k.toml"),
-            "[[post_build]]\nplugin = \"sign\"\nprojects = [\"a/*\"]\n[[post_build]]\nplugin = \"sign\"\nprojects = [\"b/*\"]\n",
-        )
-        .unwrap();
     }
 
     #[test]

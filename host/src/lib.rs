@@ -13,4 +13,5 @@ pub mod config;
 pub mod plugins;
 pub mod post_build;
 pub mod seaweed;
+pub mod serve;
 pub mod store;

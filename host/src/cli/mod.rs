@@ -28,6 +28,8 @@ enum Command {
     /// Inspect, test and scaffold plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run the CI service: receive forge webhooks and store them durably.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Entry point of the `kiln` binary.
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Plugin(cmd) => plugin::main(cmd),
         Command::Bench(cmd) => bench::main(cmd),
+        Command::Serve(args) => crate::serve::main(args),
     }
 }
 

@@ -9,6 +9,7 @@ mod plugin_check;
 mod plugin_errors;
 mod plugin_forge_authz;
 mod plugin_gcroot_outputs;
+mod plugin_github;
 mod plugin_hostile;
 mod plugin_nar;
 mod plugin_sandbox;

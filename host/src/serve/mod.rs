@@ -1,0 +1,200 @@
+//! `kiln serve`: the CI service. This first slice receives forge webhooks
+//! durably: each is verified and parsed by the instance's forge plugin and
+//! stored (SQLite in WAL mode by default, PostgreSQL through
+//! `database_url`) before it is answered; `/metrics` and `/api/v1/health`
+//! report on it. Building what was received is the pipeline's job, not yet
+//! wired here.
+//!
+//! Start-up: read `kiln.toml`, open the database and run its migrations,
+//! load the plugins, check every `[forges.<instance>]` names an installed
+//! forge plugin, bind, then print `listening on http://ADDR` as the first
+//! line of stdout (tests read the port from it) and the database on the
+//! second.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kiln_runtime::World;
+
+use crate::config::KilnConfig;
+use crate::plugins::PluginHost;
+
+pub mod api;
+pub mod app;
+pub mod db;
+pub mod events;
+pub mod metrics;
+pub mod webhooks;
+
+/// Where `kiln serve` listens without `--listen` or `[serve] listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8010";
+
+/// `kiln serve`'s options; each overrides its `[serve]` key.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The operator's configuration (`[serve]`, `[forges.*]`, plugins, grants).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8010; port 0 picks one).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the SQLite database (default $XDG_STATE_HOME/kiln or
+    /// ~/.local/state/kiln).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Run the service until SIGINT or SIGTERM. Exit 2 when it cannot start.
+pub fn main(args: ServeArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln serve: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        let (listener, app) = match start(args).await {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("kiln serve: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        match axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown())
+            .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln serve: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum::Router)> {
+    let config = match &args.config {
+        Some(path) => KilnConfig::load(path)?,
+        None => KilnConfig::default(),
+    };
+    let listen = match args.listen.or(config.serve.listen) {
+        Some(a) => a,
+        None => DEFAULT_LISTEN.parse().expect("a valid address"),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| config.serve.data_dir.clone())
+        .or_else(default_data_dir)
+        .context("no data directory: set --data-dir, [serve] data_dir, XDG_STATE_HOME or HOME")?;
+    let database_url = std::env::var("KILN_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| config.serve.database_url.clone());
+    let sqlite_path = data_dir.join("kiln.sqlite3");
+    if database_url.is_none() {
+        create_private_dir(&data_dir)?;
+    }
+    let db = db::Database::open(database_url.as_deref(), &sqlite_path)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                db::describe(database_url.as_deref(), &sqlite_path)
+            )
+        })?;
+    let stored = db.count_deliveries().await?;
+
+    let forges = config.forges.clone();
+    let plugins = PluginHost::start(config, None).await?;
+    check_forges(&plugins, &forges)?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    println!("kiln serve: listening on http://{bound}");
+    println!(
+        "kiln serve: database {}",
+        db::describe(database_url.as_deref(), &sqlite_path)
+    );
+    let state = Arc::new(app::AppState {
+        db,
+        plugins: Arc::new(plugins),
+        forges,
+        metrics: metrics::Metrics::new(stored),
+    });
+    Ok((listener, app::app(state)))
+}
+
+/// Every forge instance names an installed forge plugin.
+fn check_forges(
+    plugins: &PluginHost,
+    forges: &BTreeMap<String, crate::config::ForgeInstance>,
+) -> anyhow::Result<()> {
+    for (instance, forge) in forges {
+        match plugins.registry.get(&forge.plugin) {
+            Some(p) if p.info.world == World::Forge => {}
+            Some(p) => anyhow::bail!(
+                "[forges.{instance}] plugin `{}` is a {} plugin, not a forge plugin",
+                forge.plugin,
+                p.info.world.as_str()
+            ),
+            None => {
+                let installed: Vec<String> = plugins
+                    .registry
+                    .list()
+                    .iter()
+                    .filter(|p| p.info.world == World::Forge)
+                    .map(|p| p.info.name.clone())
+                    .collect();
+                anyhow::bail!(
+                    "[forges.{instance}] plugin `{}` is not installed (forge plugins installed: {}); put its .wasm in [plugins] directory",
+                    forge.plugin,
+                    if installed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        installed.join(", ")
+                    }
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `$XDG_STATE_HOME/kiln`, else `~/.local/state/kiln`.
+fn default_data_dir() -> Option<PathBuf> {
+    crate::config::xdg_dir("XDG_STATE_HOME", ".local/state").map(|base| base.join("kiln"))
+}
+
+/// Create `dir` (and parents) with mode 0700 when missing.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

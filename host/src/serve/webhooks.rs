@@ -1,0 +1,285 @@
+//! `POST /webhooks/<instance>[/<rest>]`: hand the request to the instance's
+//! forge plugin, which verifies it before parsing, and store what it
+//! accepted before answering.
+//!
+//! | plugin verdict | stored | answer |
+//! | --- | --- | --- |
+//! | events | delivery (`received`) and its events, one transaction | 202 `{"delivery", "id", "events"}` |
+//! | ignored | delivery (`ignored`, the note in `error`) | 202, `events: 0` |
+//! | retry-after | delivery (`received`, `retry_at`) keyed by the body's hash | 202 (503 + `Retry-After` when it cannot be stored) |
+//! | a delivery id already stored | nothing | 200 `{"duplicate": true}` |
+//! | unauthenticated / malformed | nothing | 401 / 400 |
+//!
+//! A plugin's messages are logged, never sent back. This module does not
+//! process stored deliveries; the pipeline will pick up `received` rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use kiln_runtime::bindings::forge_types::{
+    Header, WebhookDisposition, WebhookError, WebhookRequest,
+};
+use kiln_runtime::context::{LogSink, NoStore};
+use kiln_runtime::{CallContext, Grant, Limits};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::app::{AppState, MAX_WEBHOOK_BYTES};
+use super::db::{NewDelivery, Stored};
+use super::metrics::Outcome;
+
+/// How long a client should wait after the database refused a delivery.
+const STORE_RETRY_SECS: u32 = 5;
+
+/// The handler.
+pub async fn receive(
+    State(state): State<Arc<AppState>>,
+    Path(params): Path<BTreeMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let instance = params.get("instance").cloned().unwrap_or_default();
+    let (outcome, response) = handle(&state, &instance, &params, method, uri, headers, body).await;
+    let forge = if outcome == Outcome::UnknownForge {
+        ""
+    } else {
+        instance.as_str()
+    };
+    state.metrics.webhook(forge, outcome);
+    response
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+async fn handle(
+    state: &AppState,
+    instance: &str,
+    params: &BTreeMap<String, String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> (Outcome, Response) {
+    let Some(forge) = state.forges.get(instance) else {
+        let r = answer(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no forge instance of this name is configured"}),
+        );
+        return (Outcome::UnknownForge, r);
+    };
+    let too_large = || {
+        let r = answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("webhook bodies are limited to {MAX_WEBHOOK_BYTES} bytes")}),
+        );
+        (Outcome::TooLarge, r)
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_WEBHOOK_BYTES as u64) {
+        return too_large();
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_WEBHOOK_BYTES).await else {
+        return too_large();
+    };
+
+    let Some(plugin) = state.plugins.registry.get(&forge.plugin) else {
+        tracing::error!(instance, plugin = %forge.plugin, "the forge plugin is not installed");
+        return plugin_failed();
+    };
+    let path = match (params.get("rest"), uri.query()) {
+        (rest, Some(q)) => format!("/{}?{q}", rest.map_or("", String::as_str)),
+        (rest, None) => format!("/{}", rest.map_or("", String::as_str)),
+    };
+    let request = WebhookRequest {
+        method: method.to_string(),
+        path,
+        headers: headers
+            .iter()
+            .map(|(name, value)| Header {
+                name: name.as_str().to_owned(),
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    let (grant, limits) = forge_grant(state, &forge.plugin);
+    let ctx = CallContext {
+        plugin: forge.plugin.clone(),
+        project: instance.to_owned(),
+        grant: Arc::new(grant),
+        secrets: state.plugins.secrets.clone(),
+        store: Arc::new(NoStore),
+        kv: state.plugins.kv.clone(),
+        log: LogSink::new(1 << 20),
+    };
+    let called = state
+        .plugins
+        .registry
+        .runtime()
+        .handle_webhook(&plugin, &request, &forge.config_pairs(), ctx, limits)
+        .await;
+    for line in &called.log {
+        tracing::debug!(instance, plugin = %forge.plugin, "{}", line.message);
+    }
+    let verdict = match called.result {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(instance, error = %e, "the forge plugin failed on a webhook");
+            return plugin_failed();
+        }
+    };
+
+    let mut delivery = NewDelivery {
+        forge: instance.to_owned(),
+        delivery: String::new(),
+        received_at: now_ms(),
+        headers: serde_json::to_string(
+            &request
+                .headers
+                .iter()
+                .map(|h| [&h.name, &h.value])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default(),
+        body: request.body,
+        status: "received",
+        error: None,
+        retry_at: None,
+        events: Vec::new(),
+    };
+    let outcome = match verdict {
+        Ok(outcome) => {
+            delivery.delivery = outcome.delivery.unwrap_or_else(|| body_key(&delivery.body));
+            match outcome.disposition {
+                WebhookDisposition::Events(events) => {
+                    delivery.events = events.iter().map(super::events::row).collect();
+                    Outcome::Accepted
+                }
+                WebhookDisposition::Ignored(note) => {
+                    tracing::info!(instance, delivery = %delivery.delivery, "webhook ignored: {note}");
+                    delivery.status = "ignored";
+                    delivery.error = Some(note);
+                    Outcome::Ignored
+                }
+            }
+        }
+        Err(WebhookError::Unauthenticated(message)) => {
+            return refused(instance, Outcome::Unauthenticated, &message);
+        }
+        Err(WebhookError::Malformed(message)) => {
+            return refused(instance, Outcome::Malformed, &message);
+        }
+        Err(WebhookError::RetryAfter(retry)) => {
+            tracing::info!(
+                instance,
+                seconds = retry.seconds,
+                "webhook kept for a later retry: {}",
+                retry.reason
+            );
+            delivery.delivery = body_key(&delivery.body);
+            delivery.error = Some(retry.reason);
+            delivery.retry_at = Some(delivery.received_at + i64::from(retry.seconds) * 1000);
+            Outcome::RetryLater
+        }
+    };
+
+    match state.db.store(&delivery).await {
+        Ok(Stored::New(id)) => {
+            state.metrics.stored();
+            let mut body = json!({
+                "delivery": delivery.delivery,
+                "id": id,
+                "events": delivery.events.len(),
+            });
+            if let Some(at) = delivery.retry_at {
+                body["retry_after"] = json!((at - delivery.received_at) / 1000);
+            }
+            (outcome, answer(StatusCode::ACCEPTED, body))
+        }
+        Ok(Stored::Duplicate) => {
+            let r = answer(
+                StatusCode::OK,
+                json!({"duplicate": true, "delivery": delivery.delivery}),
+            );
+            (Outcome::Duplicate, r)
+        }
+        Err(e) => {
+            tracing::error!(instance, error = %e, "cannot store a webhook delivery");
+            let retry = match delivery.retry_at {
+                Some(at) => (at - delivery.received_at) / 1000,
+                None => i64::from(STORE_RETRY_SECS),
+            };
+            let mut r = answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "the delivery could not be stored; send it again later"}),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
+            (Outcome::StoreFailed, r)
+        }
+    }
+}
+
+/// A webhook the plugin refused: its reason is logged, not sent back.
+fn refused(instance: &str, outcome: Outcome, reason: &str) -> (Outcome, Response) {
+    tracing::warn!(
+        instance,
+        "webhook refused as {}: {reason}",
+        outcome.as_str()
+    );
+    let (status, public) = match outcome {
+        Outcome::Unauthenticated => (
+            StatusCode::UNAUTHORIZED,
+            "the request is not authenticated for this forge instance",
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "the forge plugin could not parse the request",
+        ),
+    };
+    (outcome, answer(status, json!({ "error": public })))
+}
+
+fn plugin_failed() -> (Outcome, Response) {
+    let r = answer(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": "the forge plugin failed; see the service's log"}),
+    );
+    (Outcome::PluginFailed, r)
+}
+
+/// The grant of a forge plugin: its `[grants.<plugin>]` whatever its
+/// `projects` (a webhook belongs to the instance before it names a project).
+fn forge_grant(state: &AppState, plugin: &str) -> (Grant, Limits) {
+    let base = state.plugins.config.plugins.limits;
+    match state.plugins.config.grants.get(plugin) {
+        Some(g) => (g.clone(), g.limits.apply(base)),
+        None => (Grant::default(), base),
+    }
+}
+
+/// The key of a delivery the forge gave no id: the body's SHA-256, so that
+/// a redelivery of the same body is a duplicate.
+fn body_key(body: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(body)))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,593 @@
+//! `kiln serve` as a process: the real binary on port 0, the test forge
+//! plugin installed from a plugin directory with its webhook secret granted,
+//! webhooks sent over a socket, and the database read back with sqlx.
+//! SQLite always; PostgreSQL when Debian's server binaries are installed
+//! (a throw-away cluster on loopback).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::common::wasm;
+
+const SECRET: &str = "It's a Secret to Everybody";
+
+fn sign(body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn push_body(after: char) -> String {
+    format!(
+        r#"{{"ref": "refs/heads/main", "before": "{}", "after": "{}",
+            "head_commit": {{"message": "Fix the frobnicator"}},
+            "repository": {{"full_name": "acme/widgets", "name": "widgets", "owner": {{"login": "acme"}},
+              "clone_url": "https://forge.test/acme/widgets.git", "default_branch": "main", "private": true}}}}"#,
+        "a".repeat(40),
+        after.to_string().repeat(40)
+    )
+}
+
+/// A directory with the test forge plugin, its secret and a `kiln.toml`
+/// declaring forge instance `github` (plus `extra` lines).
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        std::fs::copy(
+            wasm("kiln-test-forge"),
+            plugins.join("kiln_test_forge.wasm"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("webhook-secret"), SECRET).unwrap();
+        let config = format!(
+            r#"[plugins]
+directory = "{plugins}"
+builtin = false
+
+[grants.kiln-test-forge]
+secrets = ["webhook-secret"]
+
+[secrets.webhook-secret]
+file = "{secret}"
+
+[forges.github]
+plugin = "kiln-test-forge"
+{extra}
+"#,
+            plugins = plugins.display(),
+            secret = dir.path().join("webhook-secret").display(),
+        );
+        std::fs::write(dir.path().join("kiln.toml"), config).unwrap();
+        Setup { dir }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(self.dir.path().join("kiln.toml"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .env_remove("KILN_DATABASE_URL")
+            .env("KILN_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Start `kiln serve` and wait for the address it prints.
+    fn start(&self) -> Server {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
+        let stdout = self.dir.path().join(format!("stdout-{n}"));
+        let stderr = self.dir.path().join(format!("stderr-{n}"));
+        let child = self
+            .command()
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            addr: String::new(),
+            stdout: std::fs::read_to_string(&stdout).unwrap_or_default(),
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+            if let Some(first) = text.lines().next()
+                && text.contains('\n')
+            {
+                let addr = first
+                    .strip_prefix("kiln serve: listening on http://")
+                    .unwrap_or_else(|| panic!("first line of stdout: {first:?}"));
+                server.addr = addr.to_owned();
+                // The database line follows at once.
+                std::thread::sleep(Duration::from_millis(50));
+                server.stdout = std::fs::read_to_string(&stdout).unwrap_or_default();
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("kiln serve exited with {status}: {}", server.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kiln serve printed no address: {}",
+                server.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    stdout: String,
+    stderr: PathBuf,
+}
+
+impl Server {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POST a webhook; returns status and JSON body.
+    fn webhook(
+        &self,
+        instance: &str,
+        event: &str,
+        delivery: &str,
+        body: &str,
+        signature: &str,
+    ) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut response = agent
+            .post(self.url(&format!("/webhooks/{instance}")))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", signature)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .unwrap_or_else(|e| panic!("POST: {e}; {}", self.stderr()));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    fn get(&self, path: &str) -> String {
+        let mut response = ureq::get(self.url(path))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; {}", self.stderr()));
+        response.body_mut().read_to_string().unwrap()
+    }
+
+    /// `kill -9`.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one metrics line (`name{labels}`), or 0 when absent.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// (delivery, status) of every stored delivery, and (kind, project,
+/// git_ref, branch, rev) of every event, read from the database at `url`.
+type Rows = (
+    Vec<(String, String)>,
+    Vec<(String, String, Option<String>, Option<String>, String)>,
+);
+
+fn rows(url: &str) -> Rows {
+    const DELIVERIES: &str = "SELECT delivery, status FROM deliveries ORDER BY id";
+    const EVENTS: &str = "SELECT kind, project, git_ref, branch, rev FROM events ORDER BY id";
+    block_on(async {
+        if url.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let d = sqlx::query_as(DELIVERIES).fetch_all(&pool).await.unwrap();
+            let e = sqlx::query_as(EVENTS).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            (d, e)
+        } else {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            let d = sqlx::query_as(DELIVERIES).fetch_all(&pool).await.unwrap();
+            let e = sqlx::query_as(EVENTS).fetch_all(&pool).await.unwrap();
+            pool.close().await;
+            (d, e)
+        }
+    })
+}
+
+/// The checks both backends must pass: verification, storage,
+/// deduplication, metrics, and a `kill -9` followed by a restart.
+fn exercise(setup: &Setup, db_url: &str) {
+    let server = setup.start();
+    let health: serde_json::Value = serde_json::from_str(&server.get("/api/v1/health")).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    let backend = if db_url.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(health["database"], backend);
+
+    let body = push_body('b');
+    let (status, json) = server.webhook("github", "push", "delivery-1", &body, &sign(&body));
+    assert_eq!(status, 202, "{json}: {}", server.stderr());
+    assert_eq!(json["delivery"], "delivery-1");
+    assert_eq!(json["events"], 1);
+    let (deliveries, events) = rows(db_url);
+    assert_eq!(deliveries, [("delivery-1".into(), "received".into())]);
+    assert_eq!(
+        events,
+        [(
+            "push".into(),
+            "acme/widgets".into(),
+            Some("refs/heads/main".into()),
+            Some("main".into()),
+            "b".repeat(40)
+        )]
+    );
+
+    // The same delivery again: answered, not stored twice.
+    let (status, json) = server.webhook("github", "push", "delivery-1", &body, &sign(&body));
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["duplicate"], true);
+
+    // A wrong signature, a missing one: 401 and nothing stored.
+    let other = push_body('c');
+    let (status, _) = server.webhook("github", "push", "delivery-2", &other, &sign(&body));
+    assert_eq!(status, 401);
+    let (status, _) = server.webhook("github", "push", "delivery-2", &other, "");
+    assert_eq!(status, 401);
+    // Authentic but malformed: 400 and nothing stored.
+    let bad = r#"{"ref": "refs/heads/main"}"#;
+    let (status, _) = server.webhook("github", "push", "delivery-3", bad, &sign(bad));
+    assert_eq!(status, 400);
+    // An unknown instance: 404.
+    let (status, _) = server.webhook("gitlab", "push", "delivery-4", &body, &sign(&body));
+    assert_eq!(status, 404);
+    // A ping is stored as ignored.
+    let (status, json) = server.webhook("github", "ping", "delivery-5", "{}", &sign("{}"));
+    assert_eq!(status, 202, "{json}");
+    assert_eq!(json["events"], 0);
+    let (deliveries, events) = rows(db_url);
+    assert_eq!(
+        deliveries,
+        [
+            ("delivery-1".into(), "received".into()),
+            ("delivery-5".into(), "ignored".into())
+        ]
+    );
+    assert_eq!(events.len(), 1);
+
+    let metrics = server.get("/metrics");
+    let count = |outcome: &str| {
+        metric(
+            &metrics,
+            &format!("kiln_webhooks_total{{forge=\"github\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(count("accepted"), 1, "{metrics}");
+    assert_eq!(count("duplicate"), 1, "{metrics}");
+    assert_eq!(count("unauthenticated"), 2, "{metrics}");
+    assert_eq!(count("malformed"), 1, "{metrics}");
+    assert_eq!(count("ignored"), 1, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "kiln_webhooks_total{forge=\"\",outcome=\"unknown_forge\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "kiln_deliveries_stored"), 2, "{metrics}");
+    assert_eq!(metric(&metrics, "kiln_up"), 1, "{metrics}");
+
+    // kill -9, then start again on the same database: what was stored is
+    // there, and a redelivery is still a duplicate.
+    server.kill();
+    let server = setup.start();
+    let (status, json) = server.webhook("github", "push", "delivery-1", &body, &sign(&body));
+    assert_eq!(status, 200, "{json}: {}", server.stderr());
+    assert_eq!(json["duplicate"], true);
+    let metrics = server.get("/metrics");
+    assert_eq!(metric(&metrics, "kiln_deliveries_stored"), 2, "{metrics}");
+    let (deliveries, events) = rows(db_url);
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(events.len(), 1);
+}
+
+#[test]
+fn webhooks_are_verified_stored_before_the_answer_and_survive_kill_9() {
+    let setup = Setup::new("");
+    let db = setup.data_dir().join("kiln.sqlite3");
+    let server = setup.start();
+    assert!(
+        server
+            .stdout
+            .contains(&format!("database {}", db.display())),
+        "{}",
+        server.stdout
+    );
+    drop(server);
+    exercise(&setup, &format!("sqlite://{}", db.display()));
+    // WAL mode: the write-ahead log sits beside the database.
+    let journal: String = block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(journal, "wal");
+}
+
+#[test]
+fn a_body_over_25_mib_is_refused_with_413() {
+    let setup = Setup::new("");
+    let server = setup.start();
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /webhooks/github HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nx-github-event: push\r\n\r\n{{",
+        (25 << 20) + 1
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    drop(stream);
+    let metrics = server.get("/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "kiln_webhooks_total{forge=\"github\",outcome=\"too_large\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_webhook_the_plugin_cannot_handle_now_is_kept_and_a_trap_stores_nothing() {
+    let setup = Setup::new(
+        "[forges.later]\nplugin = \"kiln-test-forge\"\nmode = \"retry\"\n\n[forges.broken]\nplugin = \"kiln-test-forge\"\nmode = \"trap\"\n",
+    );
+    let server = setup.start();
+    let body = push_body('d');
+    // retry-after: the request is kept (keyed by its body's hash, as the
+    // plugin returned no delivery id) for a later call, and answered 202.
+    let (status, json) = server.webhook("later", "push", "d-1", &body, &sign(&body));
+    assert_eq!(status, 202, "{json}: {}", server.stderr());
+    assert_eq!(json["retry_after"], 30);
+    assert_eq!(json["events"], 0);
+    let key = json["delivery"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sha256:"), "{key}");
+    let (status, json) = server.webhook("later", "push", "d-1", &body, &sign(&body));
+    assert_eq!(
+        (status, &json["duplicate"]),
+        (200, &serde_json::json!(true))
+    );
+    // A trapping plugin: 500, nothing stored, the service keeps running.
+    let (status, _) = server.webhook("broken", "push", "d-2", &body, &sign(&body));
+    assert_eq!(status, 500);
+    let db = format!(
+        "sqlite://{}",
+        setup.data_dir().join("kiln.sqlite3").display()
+    );
+    let (deliveries, events) = rows(&db);
+    assert_eq!(deliveries, [(key, "received".into())]);
+    assert!(events.is_empty());
+    let metrics = server.get("/metrics");
+    for (series, n) in [
+        (
+            "kiln_webhooks_total{forge=\"later\",outcome=\"retry_later\"}",
+            1,
+        ),
+        (
+            "kiln_webhooks_total{forge=\"later\",outcome=\"duplicate\"}",
+            1,
+        ),
+        (
+            "kiln_webhooks_total{forge=\"broken\",outcome=\"plugin_failed\"}",
+            1,
+        ),
+    ] {
+        assert_eq!(metric(&metrics, series), n, "{series}: {metrics}");
+    }
+    assert!(
+        server.stderr().contains("deliberate panic"),
+        "{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn a_forge_whose_plugin_is_missing_stops_the_start_naming_it() {
+    let setup = Setup::new("[forges.gitea]\nplugin = \"gitea\"\n");
+    let out = setup.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[forges.gitea] plugin `gitea` is not installed")
+            && stderr.contains("kiln-test-forge"),
+        "{stderr}"
+    );
+}
+
+/// A PostgreSQL cluster in a temporary directory, listening on loopback,
+/// run as `nobody` when the test runs as root.
+struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .find(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())?;
+        let dir = tempfile::tempdir().unwrap();
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            let status = Command::new("chown")
+                .args(["nobody"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Postgres { bin, dir, port };
+        let data = pg.data();
+        pg.run(&[
+            "initdb",
+            "-D",
+            &data,
+            "-U",
+            "kiln",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ]);
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {}",
+            pg.dir.path().display()
+        );
+        let log = format!("{}/log", pg.dir.path().display());
+        pg.run(&[
+            "pg_ctl", "-D", &data, "-o", &options, "-l", &log, "-w", "start",
+        ]);
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn run(&self, args: &[&str]) {
+        let program = self.bin.join(args[0]);
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd
+            .args(&args[1..])
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://kiln@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let program = self.bin.join("pg_ctl");
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
+    }
+}
+
+#[test]
+fn postgres_holds_the_same_tables_and_survives_kill_9() {
+    let Some(pg) = Postgres::start() else {
+        eprintln!(
+            "SKIPPED: no PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)"
+        );
+        return;
+    };
+    let url = pg.url();
+    let setup = Setup::new(&format!("\n[serve]\ndatabase_url = \"{url}\"\n"));
+    let server = setup.start();
+    assert!(
+        server.stdout.contains(&format!(
+            "database postgres://127.0.0.1:{}/postgres",
+            pg.port
+        )),
+        "{}",
+        server.stdout
+    );
+    drop(server);
+    exercise(&setup, &url);
+    assert!(
+        !Path::new(&setup.data_dir()).join("kiln.sqlite3").exists(),
+        "no SQLite database is created when PostgreSQL is configured"
+    );
+}
