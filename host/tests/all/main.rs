@@ -17,3 +17,4 @@ mod plugin_sign;
 mod post_build_policy;
 mod run_cli;
 mod run_post_build;
+mod serve;
