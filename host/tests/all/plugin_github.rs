@@ -152,7 +152,7 @@ async fn pushes_become_push_events_and_deletions_are_ignored() {
         Some("gh-readonly-queue/main/pr-7-0123abcd")
     );
     assert_eq!(push.rev, "f19c884ab35c8d243bf9d857d631a5d4f190079f");
-    assert_eq!(push.repository.full_name, "gagbo/app-test-repo");
+    assert_eq!(push.repository.full_name, "kiln-example/hello-flake");
 
     body["deleted"] = true.into();
     let outcome = handle(&rt, &github, &signed("push", &body)).await.unwrap();

@@ -400,12 +400,12 @@ mod tests {
         tagged["topics"] = json!(["nix", "build-with-buildbot"]);
         let mut other = push["repository"].clone();
         other["name"] = "other".into();
-        other["full_name"] = "gagbo/other".into();
+        other["full_name"] = "kiln-example/other".into();
         other["topics"] = json!(["nix"]);
         let page = serde_json::to_vec(&json!([tagged, other])).unwrap();
         let repos = repositories_with_topic(&page, "build-with-buildbot").unwrap();
         assert_eq!(repos.len(), 1);
-        assert_eq!(repos[0].full_name, "gagbo/app-test-repo");
+        assert_eq!(repos[0].full_name, "kiln-example/hello-flake");
         assert_eq!(repos[0].topics, ["nix", "build-with-buildbot"]);
         assert!(repositories_with_topic(b"{}", "x").is_err());
     }

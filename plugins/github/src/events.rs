@@ -278,12 +278,12 @@ mod tests {
         assert_eq!(push.branch, None);
         assert_eq!(push.before, "0".repeat(40));
         assert_eq!(push.rev, "f19c884ab35c8d243bf9d857d631a5d4f190079f");
-        assert_eq!(push.repository.full_name, "gagbo/app-test-repo");
-        assert_eq!(push.repository.owner, "gagbo");
-        assert_eq!(push.repository.name, "app-test-repo");
+        assert_eq!(push.repository.full_name, "kiln-example/hello-flake");
+        assert_eq!(push.repository.owner, "kiln-example");
+        assert_eq!(push.repository.name, "hello-flake");
         assert_eq!(
             push.repository.clone_url,
-            "https://github.com/gagbo/app-test-repo.git"
+            "https://github.com/kiln-example/hello-flake.git"
         );
         assert_eq!(push.repository.default_branch, "main");
         assert!(push.message.is_some());
@@ -330,12 +330,12 @@ mod tests {
         };
         let pr = &event.pull_request;
         assert_eq!(pr.number, 2);
-        assert_eq!(pr.author, "gagbo");
+        assert_eq!(pr.author, "kiln-example");
         assert!(pr.author_trusted);
         assert!(!pr.from_fork);
         assert!(matches!(pr.action, PullRequestAction::Opened));
         assert_eq!(pr.head_clone_url, event.repository.clone_url);
-        assert_eq!(event.repository.full_name, "gagbo/ouro-closures");
+        assert_eq!(event.repository.full_name, "kiln-example/hello-pr");
         assert_eq!(pr.head_rev.len(), 40);
     }
 
@@ -355,8 +355,8 @@ mod tests {
             if fork {
                 let head = &mut body["pull_request"]["head"]["repo"];
                 head["id"] = 4242.into();
-                head["full_name"] = "mallory/ouro-closures".into();
-                head["clone_url"] = "https://github.com/mallory/ouro-closures.git".into();
+                head["full_name"] = "mallory/hello-pr".into();
+                head["clone_url"] = "https://github.com/mallory/hello-pr.git".into();
             }
             let ChangeEvent::PullRequest(event) =
                 one_event(handle(&signed("pull_request", &body), SECRET).unwrap())
@@ -370,7 +370,7 @@ mod tests {
             if fork {
                 assert_eq!(
                     pr.head_clone_url,
-                    "https://github.com/mallory/ouro-closures.git"
+                    "https://github.com/mallory/hello-pr.git"
                 );
             }
         }
