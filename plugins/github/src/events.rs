@@ -368,10 +368,7 @@ mod tests {
             assert_eq!(pr.from_fork, fork, "{association}");
             assert!(matches!(pr.action, PullRequestAction::Updated));
             if fork {
-                assert_eq!(
-                    pr.head_clone_url,
-                    "https://github.com/mallory/hello-pr.git"
-                );
+                assert_eq!(pr.head_clone_url, "https://github.com/mallory/hello-pr.git");
             }
         }
         // A fork deleted since is still a fork.
