@@ -56,6 +56,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod secrets;
+pub mod status;
 pub mod store;
 mod types;
 pub mod webhook;

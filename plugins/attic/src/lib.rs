@@ -11,12 +11,12 @@
 //! anything to the local store, or log the token.
 
 mod api;
-mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 
 use kiln_plugin_sdk::http::{self, Request, Response};
+use kiln_plugin_sdk::status;
 use kiln_plugin_sdk::{
     BuildInfo, Compression, Config, PathInfo, PluginError, PluginInfo, PostBuild, StepOutcome,
     StoreOperation, WorldKind, export_post_build, log, secrets, store,

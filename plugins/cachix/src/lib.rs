@@ -11,13 +11,13 @@
 //! add anything to the local store, or log either secret.
 
 mod api;
-mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 
 use kiln_narinfo::SecretKey;
 use kiln_plugin_sdk::http::{self, Request, Response};
+use kiln_plugin_sdk::status;
 use kiln_plugin_sdk::{
     BuildInfo, Compression, Config, PathInfo, PluginError, PluginInfo, PostBuild, StepOutcome,
     StoreOperation, WorldKind, export_post_build, log, secrets, store,

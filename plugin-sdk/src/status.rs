@@ -1,11 +1,12 @@
-//! HTTP outcomes as step errors a user can act on: an unreachable host
+//! HTTP outcomes as plugin errors a user can act on (shared by the cache
+//! plugins): an unreachable host
 //! names the URL, 401 and 403 name the status and the host, 429 and 5xx ask
 //! Kiln to retry the step, anything else quotes the start of the body.
 //!
 //! Messages must never contain request headers (the auth token).
 
-use kiln_plugin_sdk::PluginError;
-use kiln_plugin_sdk::http::{HttpError, Response};
+use crate::PluginError;
+use crate::http::{HttpError, Response};
 
 /// How long to wait before a retry when the server does not say.
 const DEFAULT_RETRY_SECS: u32 = 30;
