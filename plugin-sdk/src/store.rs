@@ -2,13 +2,71 @@
 //! by the host) read through [`std::io::Read`], adding signatures and GC
 //! roots.
 //!
-//! This module forwards to the host, which checks the grant on every call;
-//! it must not parse NARs or compress.
+//! This module forwards to the host, which checks the grant on every call,
+//! and orders paths so that references come first (for uploads); it must
+//! not parse NARs or compress.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use crate::wit::post_build::kiln::plugin::store as host;
 use crate::{Compression, HostError, NarSummary, PathInfo};
+
+/// Groups `paths` into levels: every path's references among `paths` are in
+/// an earlier level, so writing narinfos level by level never publishes a
+/// path whose references are missing. A reference cycle (which Nix does not
+/// produce, but a corrupt store could) ends in one last level.
+pub fn dependency_levels(paths: &[PathInfo]) -> Vec<Vec<usize>> {
+    let index: BTreeMap<&str, usize> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.path.as_str(), i))
+        .collect();
+    let mut waiting: Vec<BTreeSet<usize>> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.references
+                .iter()
+                .filter_map(|r| index.get(r.as_str()).copied())
+                .filter(|&j| j != i)
+                .collect()
+        })
+        .collect();
+    let mut done = vec![false; paths.len()];
+    let mut out = Vec::new();
+    let mut left = paths.len();
+    while left > 0 {
+        let level: Vec<usize> = (0..paths.len())
+            .filter(|&i| !done[i] && waiting[i].is_empty())
+            .collect();
+        let level = if level.is_empty() {
+            (0..paths.len()).filter(|&i| !done[i]).collect()
+        } else {
+            level
+        };
+        for &i in &level {
+            done[i] = true;
+        }
+        for w in &mut waiting {
+            for i in &level {
+                w.remove(i);
+            }
+        }
+        left -= level.len();
+        out.push(level);
+    }
+    out
+}
+
+/// `infos` with every path after the paths it references among them (in
+/// [`dependency_levels`] order), so that an upload cut short never leaves
+/// a path whose references are missing.
+pub fn dependencies_first(infos: Vec<PathInfo>) -> Vec<PathInfo> {
+    let order: Vec<usize> = dependency_levels(&infos).into_iter().flatten().collect();
+    let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
 
 /// Metadata of a valid store path (`nar_hash` is `sha256:<nix base-32>`).
 pub fn path_info(path: &str) -> Result<PathInfo, HostError> {
@@ -75,5 +133,47 @@ impl io::Read for NarReader {
         let n = chunk.len().min(buf.len());
         buf[..n].copy_from_slice(&chunk[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, refs: &[&str]) -> PathInfo {
+        PathInfo {
+            path: format!("/nix/store/{name}"),
+            nar_hash: String::new(),
+            nar_size: 0,
+            references: refs.iter().map(|r| format!("/nix/store/{r}")).collect(),
+            deriver: None,
+            signatures: vec![],
+            ca: None,
+        }
+    }
+
+    #[test]
+    fn references_come_in_earlier_levels() {
+        // d -> c -> {a, b}; b -> a; e stands alone; x is outside the set.
+        let paths = vec![
+            info("d", &["c", "d"]),
+            info("c", &["a", "b", "x"]),
+            info("b", &["a"]),
+            info("a", &[]),
+            info("e", &[]),
+        ];
+        assert_eq!(
+            dependency_levels(&paths),
+            vec![vec![3, 4], vec![2], vec![1], vec![0]]
+        );
+        let cycle = vec![info("p", &["q"]), info("q", &["p"]), info("r", &[])];
+        assert_eq!(dependency_levels(&cycle), vec![vec![2], vec![0, 1]]);
+    }
+
+    #[test]
+    fn dependencies_come_first() {
+        let ordered = dependencies_first(vec![info("a", &["b", "a"]), info("b", &[])]);
+        let names: Vec<&str> = ordered.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(names, ["/nix/store/b", "/nix/store/a"]);
     }
 }

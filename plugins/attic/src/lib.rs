@@ -12,7 +12,7 @@
 
 mod api;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Read as _;
 
 use kiln_plugin_sdk::http::{self, Request, Response};
@@ -83,7 +83,7 @@ impl PostBuild for Attic {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut deduplicated = 0;
-        for info in dependencies_first(infos) {
+        for info in store::dependencies_first(infos) {
             let is_output = outputs.contains(&info.path);
             let sigs = signatures(&info, &build);
             let upload = api::upload_info(
@@ -172,41 +172,6 @@ fn signatures(info: &PathInfo, build: &BuildInfo) -> Vec<String> {
         .filter(|s| seen.insert(s.as_str()))
         .cloned()
         .collect()
-}
-
-/// Orders `infos` so that every path comes after the paths it references
-/// among them: a push cut short never leaves a path whose references are
-/// missing from the cache.
-fn dependencies_first(infos: Vec<PathInfo>) -> Vec<PathInfo> {
-    let mut pending: BTreeMap<String, PathInfo> =
-        infos.into_iter().map(|i| (i.path.clone(), i)).collect();
-    let mut ordered = Vec::with_capacity(pending.len());
-    let mut visiting = BTreeSet::new();
-    let roots: Vec<String> = pending.keys().cloned().collect();
-    for root in roots {
-        visit(&root, &mut pending, &mut visiting, &mut ordered);
-    }
-    ordered
-}
-
-fn visit(
-    path: &str,
-    pending: &mut BTreeMap<String, PathInfo>,
-    visiting: &mut BTreeSet<String>,
-    ordered: &mut Vec<PathInfo>,
-) {
-    if !visiting.insert(path.to_owned()) {
-        return;
-    }
-    let Some(info) = pending.remove(path) else {
-        return;
-    };
-    for reference in &info.references {
-        if reference != path {
-            visit(reference, pending, visiting, ordered);
-        }
-    }
-    ordered.push(info);
 }
 
 /// Calls to one Attic server for one cache.
@@ -431,7 +396,7 @@ mod tests {
     fn references_come_before_their_referrers() {
         let a = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-top";
         let b = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-leaf";
-        let ordered = dependencies_first(vec![info(a, &[b, a], &[]), info(b, &[], &[])]);
+        let ordered = store::dependencies_first(vec![info(a, &[b, a], &[]), info(b, &[], &[])]);
         let paths: Vec<&str> = ordered.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, [b, a]);
     }

@@ -123,7 +123,7 @@ impl PostBuild for BinaryCache {
         let mut own_signatures = Vec::new();
         let mut nar_bytes = 0u64;
         let mut file_bytes = 0u64;
-        for batch in plan::levels(&infos)
+        for batch in store::dependency_levels(&infos)
             .iter()
             .flat_map(|level| level.chunks(QUERY_BATCH))
         {

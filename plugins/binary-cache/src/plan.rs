@@ -1,10 +1,8 @@
-//! What to upload and in which order: the hash part a cache indexes a path
-//! by, the order that writes a path's narinfo only after those of its
-//! references, and the narinfo of an uploaded path with its signatures.
+//! What to upload: the hash part a cache indexes a path by, and the narinfo
+//! of an uploaded path with its signatures (the order is the SDK's
+//! `store::dependency_levels`).
 //!
 //! Pure functions, unit-tested natively; this module must not call the host.
-
-use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_narinfo::{NarHash, NarInfo, SecretKey};
 use kiln_plugin_sdk::{NarSummary, PathInfo};
@@ -13,53 +11,6 @@ use kiln_plugin_sdk::{NarSummary, PathInfo};
 pub fn hash_part(path: &str) -> &str {
     let base = path.rsplit_once('/').map_or(path, |(_, b)| b);
     base.split_once('-').map_or(base, |(h, _)| h)
-}
-
-/// Groups `paths` into levels: every path's references among `paths` are in
-/// an earlier level, so writing narinfos level by level never publishes a
-/// path whose references are missing. A reference cycle (which Nix does not
-/// produce, but a corrupt store could) ends in one last level.
-pub fn levels(paths: &[PathInfo]) -> Vec<Vec<usize>> {
-    let index: BTreeMap<&str, usize> = paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.path.as_str(), i))
-        .collect();
-    let mut waiting: Vec<BTreeSet<usize>> = paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            p.references
-                .iter()
-                .filter_map(|r| index.get(r.as_str()).copied())
-                .filter(|&j| j != i)
-                .collect()
-        })
-        .collect();
-    let mut done = vec![false; paths.len()];
-    let mut out = Vec::new();
-    let mut left = paths.len();
-    while left > 0 {
-        let level: Vec<usize> = (0..paths.len())
-            .filter(|&i| !done[i] && waiting[i].is_empty())
-            .collect();
-        let level = if level.is_empty() {
-            (0..paths.len()).filter(|&i| !done[i]).collect()
-        } else {
-            level
-        };
-        for &i in &level {
-            done[i] = true;
-        }
-        for w in &mut waiting {
-            for i in &level {
-                w.remove(i);
-            }
-        }
-        left -= level.len();
-        out.push(level);
-    }
-    out
 }
 
 /// The narinfo of `info`, uploaded as `summary` says, signed by the
@@ -129,21 +80,6 @@ mod tests {
             hash_part("/nix/store/f9zdbw4iks7jjf9iplawjn3h1a5c1am7-refs"),
             "f9zdbw4iks7jjf9iplawjn3h1a5c1am7"
         );
-    }
-
-    #[test]
-    fn references_come_in_earlier_levels() {
-        // d -> c -> {a, b}; b -> a; e stands alone; x is outside the set.
-        let paths = vec![
-            info("d", &["c", "d"]),
-            info("c", &["a", "b", "x"]),
-            info("b", &["a"]),
-            info("a", &[]),
-            info("e", &[]),
-        ];
-        assert_eq!(levels(&paths), vec![vec![3, 4], vec![2], vec![1], vec![0]]);
-        let cycle = vec![info("p", &["q"]), info("q", &["p"]), info("r", &[])];
-        assert_eq!(levels(&cycle), vec![vec![2], vec![0, 1]]);
     }
 
     // Written by Nix 2.8: `nix copy --to 'file://…?compression=xz&secret-key=…'`.

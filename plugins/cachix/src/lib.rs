@@ -12,7 +12,7 @@
 
 mod api;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Read as _;
 
 use kiln_narinfo::SecretKey;
@@ -108,7 +108,7 @@ impl PostBuild for Cachix {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut bytes = 0;
-        for info in dependencies_first(infos) {
+        for info in store::dependencies_first(infos) {
             let size = client.push(&info, settings.compression, &key)?;
             log::info!(
                 "pushed {} ({size} bytes) to Cachix cache `{}`",
@@ -185,41 +185,6 @@ fn parse_key(text: &str, cache: &str) -> Result<SecretKey, PluginError> {
              as `nix key generate-secret` writes, or the base64 key of `cachix generate-keypair`"
         ))
     })
-}
-
-/// Orders `infos` so that every path comes after the paths it references
-/// among them: a push cut short never leaves a path whose references are
-/// missing from the cache.
-fn dependencies_first(infos: Vec<PathInfo>) -> Vec<PathInfo> {
-    let mut pending: BTreeMap<String, PathInfo> =
-        infos.into_iter().map(|i| (i.path.clone(), i)).collect();
-    let mut ordered = Vec::with_capacity(pending.len());
-    let mut visiting = BTreeSet::new();
-    let roots: Vec<String> = pending.keys().cloned().collect();
-    for root in roots {
-        visit(&root, &mut pending, &mut visiting, &mut ordered);
-    }
-    ordered
-}
-
-fn visit(
-    path: &str,
-    pending: &mut BTreeMap<String, PathInfo>,
-    visiting: &mut BTreeSet<String>,
-    ordered: &mut Vec<PathInfo>,
-) {
-    if !visiting.insert(path.to_owned()) {
-        return;
-    }
-    let Some(info) = pending.remove(path) else {
-        return;
-    };
-    for reference in &info.references {
-        if reference != path {
-            visit(reference, pending, visiting, ordered);
-        }
-    }
-    ordered.push(info);
 }
 
 /// Calls to one cache's API with the auth token.
@@ -490,7 +455,7 @@ mod tests {
         let a = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-top";
         let b = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-mid";
         let c = "/nix/store/cccccccccccccccccccccccccccccccc-leaf";
-        let ordered = dependencies_first(vec![
+        let ordered = store::dependencies_first(vec![
             info(a, &[b, a]),
             info(
                 b,
