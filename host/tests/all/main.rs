@@ -9,6 +9,8 @@ mod plugin_check;
 mod plugin_errors;
 mod plugin_forge_authz;
 mod plugin_gcroot_outputs;
+mod plugin_gerrit;
+mod plugin_gitea;
 mod plugin_github;
 mod plugin_hostile;
 mod plugin_nar;

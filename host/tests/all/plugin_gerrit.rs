@@ -1,0 +1,1 @@
+//! Placeholder: the plugin_gerrit tests land here.

@@ -1,0 +1,1 @@
+//! Placeholder: the plugin_gitea tests land here.
