@@ -57,6 +57,28 @@ pub struct ServeConfig {
     /// `sqlite://…` or `postgres://…`; `KILN_DATABASE_URL` overrides it.
     /// Default: `kiln.sqlite3` in the data directory.
     pub database_url: Option<String>,
+    /// The service's public URL, for the links in forge statuses (default
+    /// `http://<listen address>`).
+    pub url: Option<String>,
+    /// Runs evaluating and building at once, over all projects (default 2).
+    pub max_runs: Option<usize>,
+    /// Runs at once of one project (default 1), so that one busy
+    /// repository cannot take every slot.
+    pub max_runs_per_project: Option<usize>,
+    /// Build slots of each run (default: the number of CPUs).
+    pub max_jobs: Option<usize>,
+    /// Seconds between reconciliations with the forges: discovery by
+    /// topic, and branch heads compared with what was built (default 300;
+    /// 0 = only at start).
+    pub poll_interval_secs: Option<u64>,
+    /// Most statuses posted per failed attribute on one commit (default 20);
+    /// the rest are counted in the summary status.
+    pub max_failure_statuses: Option<usize>,
+    /// Systems to build (default: the host's and its remote builders').
+    pub systems: Option<Vec<String>>,
+    /// Subjects (API token subjects or sign-in logins) with every right.
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 /// `[forges.<instance>]`: one forge that sends webhooks, served by a forge
@@ -66,6 +88,15 @@ pub struct ServeConfig {
 pub struct ForgeInstance {
     /// The forge plugin, by the name its `describe` returns.
     pub plugin: String,
+    /// Repositories built even without the discovery topic (`owner/repo`,
+    /// `owner/*` or `*`); a webhook for any other repository is stored and
+    /// ignored.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Ask the plugin for the repositories to build (by topic) at start and
+    /// at each reconciliation (default true).
+    #[serde(default = "yes")]
+    pub discover: bool,
     /// Every other key: the plugin's own settings.
     #[serde(flatten)]
     pub settings: toml::Table,

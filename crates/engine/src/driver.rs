@@ -24,7 +24,7 @@ use crate::job::{CacheStatus, EvalJob, JobStatus};
 use crate::logfile;
 use crate::progress::Progress;
 use crate::report::{JobReport, PostBuildResult, PostBuildStatus};
-use crate::run::PostBuildHook;
+use crate::run::{PostBuildHook, RunObserver};
 use crate::scheduler::{JobId, Scheduler, SystemId};
 
 mod record;
@@ -50,6 +50,8 @@ pub struct DriverConfig {
     pub failed_cache: Option<FailedCache>,
     /// Post-build hook.
     pub post_build: Option<Arc<dyn PostBuildHook>>,
+    /// Told about each job as it changes.
+    pub observer: Option<Arc<dyn RunObserver>>,
 }
 
 /// What a finished (or cancelled) drive produced.
@@ -186,6 +188,7 @@ impl Driver {
         }
         for id in self.sched.cancel_all() {
             self.jobs[id as usize].status = JobStatus::Cancelled;
+            self.notify(id);
         }
         let jobs = self.jobs.iter().map(JobRec::to_report).collect();
         DriveResult {
@@ -193,6 +196,13 @@ impl Driver {
             cancelled,
             eval: eval_result,
             progress: self.progress,
+        }
+    }
+
+    /// Tell the observer, if any, how job `id` stands now.
+    fn notify(&self, id: JobId) {
+        if let Some(o) = &self.cfg.observer {
+            o.job(id, &self.jobs[id as usize].to_live_report());
         }
     }
 
@@ -345,6 +355,7 @@ impl Driver {
         });
         let drv = rec.eval.drv_path.clone();
         self.jobs.push(rec);
+        self.notify(id);
         if let Some(drv) = drv {
             let (deps, above) = self.graph.attach_job(&drv, id);
             let mut failed = Vec::new();
@@ -416,6 +427,7 @@ impl Driver {
             let attr = rec.eval.attr.clone();
             self.progress
                 .finished(&attr, JobStatus::DependencyFailed, 0);
+            self.notify(id);
         }
     }
 
@@ -497,6 +509,7 @@ impl Driver {
                 let rec = &mut self.jobs[job as usize];
                 rec.started = Some(Instant::now());
                 self.progress.started(&rec.eval.attr);
+                self.notify(job);
             }
             ExecEvent::Slots { batch, in_use } => {
                 if let Some(s) = self.batches.get_mut(&batch) {
@@ -532,6 +545,7 @@ impl Driver {
                 let rec = &self.jobs[job as usize];
                 self.progress
                     .finished(&rec.eval.attr, rec.status, rec.duration_ms);
+                self.notify(job);
                 self.after_final(job);
             }
             ExecEvent::Done {
@@ -569,6 +583,7 @@ impl Driver {
             }
             Leftover::Cancelled => {}
         }
+        self.notify(id);
     }
 
     fn promote_retries(&mut self) {
@@ -592,6 +607,7 @@ impl Driver {
             ));
         }
         rec.post_build = results;
+        self.notify(id);
     }
 
     /// Failed-build cache and post-build hook for a job that just ended.

@@ -39,6 +39,17 @@ pub trait PostBuildHook: Send + Sync {
     fn run<'a>(&'a self, job: &'a JobReport) -> BoxFuture<'a, Vec<PostBuildResult>>;
 }
 
+/// Told about every change of a job as the run goes, for a service that
+/// records runs while they happen (`kiln serve`); `kiln run` has none.
+/// Calls come from the driver's loop: they must return quickly (queue the
+/// update, do not write it inline).
+pub trait RunObserver: Send + Sync {
+    /// A job was added, started, reached a final status or got its
+    /// post-build results. `index` is its position in evaluation order,
+    /// stable for the run; `job.status` is live (`queued`, `running`, …).
+    fn job(&self, index: u32, job: &JobReport);
+}
+
 /// What [`PostBuildHook::prepare`] learns about the run.
 #[derive(Debug, Clone, Copy)]
 pub struct PreparedRun<'a> {
@@ -83,6 +94,8 @@ pub struct RunOptions {
     pub failed_cache: Option<FailedCache>,
     /// Post-build hook; `None` leaves every `post_build` list empty.
     pub post_build: Option<Arc<dyn PostBuildHook>>,
+    /// Told about each job as it changes; `None` for `kiln run`.
+    pub observer: Option<Arc<dyn RunObserver>>,
     /// The change built (branch, default branch, pull request, fork): which
     /// `buildbot-nix.toml` selects the post-build steps, and what they see.
     pub change: ChangeOptions,
@@ -121,6 +134,7 @@ impl RunOptions {
             log_dir: log_dir.into(),
             failed_cache: None,
             post_build: None,
+            observer: None,
             change: ChangeOptions::default(),
             progress: Mode::Quiet,
         }
@@ -222,6 +236,7 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
         }),
         failed_cache: opts.failed_cache.clone(),
         post_build: opts.post_build.clone(),
+        observer: opts.observer.clone(),
     };
     let driven = Driver::new(nix, cfg, Progress::new(opts.progress))
         .drive(rx, eval_task, cancel)

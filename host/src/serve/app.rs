@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 
 use super::db::Database;
 use super::metrics::Metrics;
+use super::pipeline::Pipeline;
 use crate::config::ForgeInstance;
 use crate::plugins::PluginHost;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     pub forges: BTreeMap<String, ForgeInstance>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Runs, jobs and statuses; control actions.
+    pub pipeline: Arc<Pipeline>,
 }
 
 /// The service's routes.

@@ -21,16 +21,30 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 /// description, SQL). `sqlx::migrate!` would need sqlx's `macros` feature,
 /// which compiles both drivers a second time into a proc-macro; a test
 /// checks that this list matches the files in `host/migrations/`.
-const SQLITE_MIGRATIONS: Embedded = Embedded(&[(
-    20261122000001,
-    "deliveries",
-    include_str!("../../migrations/sqlite/20261122000001_deliveries.sql"),
-)]);
-const POSTGRES_MIGRATIONS: Embedded = Embedded(&[(
-    20261122000001,
-    "deliveries",
-    include_str!("../../migrations/postgres/20261122000001_deliveries.sql"),
-)]);
+const SQLITE_MIGRATIONS: Embedded = Embedded(&[
+    (
+        20261122000001,
+        "deliveries",
+        include_str!("../../migrations/sqlite/20261122000001_deliveries.sql"),
+    ),
+    (
+        20261122000002,
+        "pipeline",
+        include_str!("../../migrations/sqlite/20261122000002_pipeline.sql"),
+    ),
+]);
+const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
+    (
+        20261122000001,
+        "deliveries",
+        include_str!("../../migrations/postgres/20261122000001_deliveries.sql"),
+    ),
+    (
+        20261122000002,
+        "pipeline",
+        include_str!("../../migrations/postgres/20261122000002_pipeline.sql"),
+    ),
+]);
 
 /// Migrations compiled into the binary.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +89,7 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
 /// A delivery to store, with the events parsed from it.
 #[derive(Debug, Clone)]

@@ -1,8 +1,8 @@
 //! Change events as the forge plugin returned them, turned into `events`
 //! rows: the columns the pipeline selects on, plus the whole event as JSON.
 
-use kiln_runtime::bindings::forge_types::{ChangeEvent, PullRequestAction, Repository};
-use serde_json::{Value, json};
+use kiln_runtime::bindings::forge_types::{ChangeEvent, PullRequestAction};
+use serde_json::json;
 
 use super::db::NewEvent;
 
@@ -18,7 +18,7 @@ pub fn row(event: &ChangeEvent) -> NewEvent {
             pull_request: None,
             payload: json!({
                 "kind": "push",
-                "repository": repository(&p.repository),
+                "repository": super::pipeline::forge::repository_json(&p.repository),
                 "git_ref": p.git_ref,
                 "branch": p.branch,
                 "before": p.before,
@@ -38,7 +38,7 @@ pub fn row(event: &ChangeEvent) -> NewEvent {
                 pull_request: i64::try_from(pr.number).ok(),
                 payload: json!({
                     "kind": "pull_request",
-                    "repository": repository(&e.repository),
+                    "repository": super::pipeline::forge::repository_json(&e.repository),
                     "message": e.message,
                     "pull_request": {
                         "number": pr.number,
@@ -58,19 +58,6 @@ pub fn row(event: &ChangeEvent) -> NewEvent {
             }
         }
     }
-}
-
-fn repository(r: &Repository) -> Value {
-    json!({
-        "full_name": r.full_name,
-        "owner": r.owner,
-        "name": r.name,
-        "clone_url": r.clone_url,
-        "web_url": r.web_url,
-        "default_branch": r.default_branch,
-        "private": r.private,
-        "topics": r.topics,
-    })
 }
 
 fn action(a: PullRequestAction) -> &'static str {

@@ -28,6 +28,7 @@ pub mod app;
 pub mod db;
 pub mod events;
 pub mod metrics;
+pub mod pipeline;
 pub mod webhooks;
 
 /// Where `kiln serve` listens without `--listen` or `[serve] listen`.
@@ -115,7 +116,11 @@ async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum
     let stored = db.count_deliveries().await?;
 
     let forges = config.forges.clone();
-    let plugins = PluginHost::start(config, None).await?;
+    let nix = kiln_nix::Nix::detect()
+        .await
+        .context("kiln serve builds with Nix")?;
+    let serve_config = config.clone();
+    let plugins = Arc::new(PluginHost::start(config, Some(nix)).await?);
     check_forges(&plugins, &forges)?;
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -127,11 +132,15 @@ async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum
         "kiln serve: database {}",
         db::describe(database_url.as_deref(), &sqlite_path)
     );
+    let settings = pipeline::Settings::from_config(&serve_config, bound, data_dir.clone());
+    let pipeline = pipeline::Pipeline::new(db.clone(), plugins.clone(), forges.clone(), settings);
+    pipeline.start().await?;
     let state = Arc::new(app::AppState {
         db,
-        plugins: Arc::new(plugins),
+        plugins,
         forges,
         metrics: metrics::Metrics::new(stored),
+        pipeline,
     });
     Ok((listener, app::app(state)))
 }

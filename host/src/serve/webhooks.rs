@@ -22,11 +22,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use kiln_runtime::CallContext;
 use kiln_runtime::bindings::forge_types::{
     Header, WebhookDisposition, WebhookError, WebhookRequest,
 };
 use kiln_runtime::context::{LogSink, NoStore};
-use kiln_runtime::{CallContext, Grant, Limits};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -115,7 +115,7 @@ async fn handle(
             .collect(),
         body: body.to_vec(),
     };
-    let (grant, limits) = forge_grant(state, &forge.plugin);
+    let (grant, limits) = super::pipeline::forge::grant(&state.plugins, &forge.plugin);
     let ctx = CallContext {
         plugin: forge.plugin.clone(),
         project: instance.to_owned(),
@@ -199,6 +199,9 @@ async fn handle(
     match state.db.store(&delivery).await {
         Ok(Stored::New(id)) => {
             state.metrics.stored();
+            if !delivery.events.is_empty() {
+                state.pipeline.events_stored();
+            }
             let mut body = json!({
                 "delivery": delivery.delivery,
                 "id": id,
@@ -259,16 +262,6 @@ fn plugin_failed() -> (Outcome, Response) {
         json!({"error": "the forge plugin failed; see the service's log"}),
     );
     (Outcome::PluginFailed, r)
-}
-
-/// The grant of a forge plugin: its `[grants.<plugin>]` whatever its
-/// `projects` (a webhook belongs to the instance before it names a project).
-fn forge_grant(state: &AppState, plugin: &str) -> (Grant, Limits) {
-    let base = state.plugins.config.plugins.limits;
-    match state.plugins.config.grants.get(plugin) {
-        Some(g) => (g.clone(), g.limits.apply(base)),
-        None => (Grant::default(), base),
-    }
 }
 
 /// The key of a delivery the forge gave no id: the body's SHA-256, so that

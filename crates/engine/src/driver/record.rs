@@ -42,6 +42,20 @@ impl JobRec {
             JobStatus::Queued | JobStatus::Running => JobStatus::Cancelled,
             s => s,
         };
+        self.report_with(status)
+    }
+
+    /// The job as it stands, for a [`crate::run::RunObserver`]: `running`
+    /// once Nix started it, `queued` before that.
+    pub(super) fn to_live_report(&self) -> JobReport {
+        let status = match self.status {
+            JobStatus::Running if self.started.is_none() => JobStatus::Queued,
+            s => s,
+        };
+        self.report_with(status)
+    }
+
+    fn report_with(&self, status: JobStatus) -> JobReport {
         let log_path = self
             .log_path
             .as_ref()

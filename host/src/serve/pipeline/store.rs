@@ -1,0 +1,506 @@
+//! The pipeline's queries on projects, runs, targets, jobs and statuses.
+//! Each state change is one statement or one transaction; callers never
+//! hold a transaction across a build or an HTTP call.
+
+use crate::serve::db::{Database, with_pool};
+
+use super::now_ms;
+
+/// A run's control-relevant state.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled` or `error`.
+    pub state: String,
+    /// Held for approval.
+    pub needs_approval: bool,
+}
+
+/// Runs a killed service left `running` go back to `queued` (they are run
+/// again; what was built comes out cached). Returns how many.
+pub async fn requeue_interrupted(db: &Database) -> Result<u64, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query("UPDATE runs SET state = 'queued', rerun_steps = 1 WHERE state = 'running'")
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+    })
+}
+
+/// The state of run `id`, if it exists.
+pub async fn run_state(db: &Database, id: i64) -> Result<Option<RunState>, sqlx::Error> {
+    let row: Option<(String, i64)> = with_pool!(db, pool => {
+        sqlx::query_as("SELECT state, needs_approval FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    })?;
+    Ok(row.map(|(state, held)| RunState {
+        state,
+        needs_approval: held != 0,
+    }))
+}
+
+/// Whether job `job` belongs to run `run`.
+pub async fn job_in_run(db: &Database, run: i64, job: i64) -> Result<bool, sqlx::Error> {
+    let n: i64 = with_pool!(db, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE id = $1 AND run_id = $2")
+            .bind(job)
+            .bind(run)
+            .fetch_one(pool)
+            .await
+    })?;
+    Ok(n > 0)
+}
+
+/// Cancel a queued or running run with `reason`.
+pub async fn cancel_run(db: &Database, run: i64, reason: &str) -> Result<(), sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query(
+            "UPDATE runs SET state = 'cancelled', error = $2, finished_at = $3 \
+             WHERE id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(run)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(pool)
+        .await
+        .map(|_| ())
+    })
+}
+
+/// Queue run `run` again, its post-build steps to run on cached jobs too;
+/// `approve` also lets it use secrets, recording `by`.
+pub async fn requeue_run(
+    db: &Database,
+    run: i64,
+    approve: bool,
+    by: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let sql = if approve {
+        "UPDATE runs SET state = 'queued', rerun_steps = 1, error = NULL, finished_at = NULL, \
+         trusted = 1, needs_approval = 0, approved_by = $2 WHERE id = $1"
+    } else {
+        "UPDATE runs SET state = 'queued', rerun_steps = 1, error = NULL, finished_at = NULL \
+         WHERE id = $1"
+    };
+    with_pool!(db, pool => {
+        let mut q = sqlx::query(sql).bind(run);
+        if approve {
+            q = q.bind(by);
+        }
+        q.execute(pool).await.map(|_| ())
+    })
+}
+
+/// A change event not yet handled.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// Row id.
+    pub id: i64,
+    /// Forge instance.
+    pub forge: String,
+    /// Repository full name.
+    pub project: String,
+    /// The event (JSON).
+    pub payload: serde_json::Value,
+}
+
+/// New events, oldest first.
+pub async fn new_events(db: &Database, limit: i64) -> Result<Vec<EventRow>, sqlx::Error> {
+    let rows: Vec<(i64, String, String, String)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT e.id, d.forge, e.project, e.payload FROM events e \
+             JOIN deliveries d ON d.id = e.delivery_id \
+             WHERE e.state = 'new' ORDER BY e.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, forge, project, payload)| EventRow {
+            id,
+            forge,
+            project,
+            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        })
+        .collect())
+}
+
+/// Record why event `id` is not handled yet.
+pub async fn note_event(db: &Database, id: i64, note: &str) -> Result<(), sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query("UPDATE events SET note = $2 WHERE id = $1")
+            .bind(id)
+            .bind(note)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+}
+
+/// Mark event `id` ignored, with the reason.
+pub async fn ignore_event(db: &Database, id: i64, note: &str) -> Result<(), sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query("UPDATE events SET state = 'ignored', note = $2 WHERE id = $1")
+            .bind(id)
+            .bind(note)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+}
+
+/// A project row.
+#[derive(Debug, Clone)]
+pub struct ProjectRow {
+    /// Row id.
+    pub id: i64,
+    /// Forge instance.
+    pub forge: String,
+    /// Full name.
+    pub name: String,
+    /// Where to fetch it.
+    pub clone_url: String,
+    /// Its default branch.
+    pub default_branch: String,
+    /// `configured`, `discovered` or `webhook`.
+    pub source: String,
+    /// The repository record (JSON).
+    pub repository: serde_json::Value,
+}
+
+type ProjectTuple = (i64, String, String, String, String, String, String);
+
+fn project_row(t: ProjectTuple) -> ProjectRow {
+    ProjectRow {
+        id: t.0,
+        forge: t.1,
+        name: t.2,
+        clone_url: t.3,
+        default_branch: t.4,
+        source: t.5,
+        repository: serde_json::from_str(&t.6).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+const PROJECT_COLUMNS: &str = "id, forge, name, clone_url, default_branch, source, repository";
+
+/// Project `name` of forge instance `forge`.
+pub async fn project(
+    db: &Database,
+    forge: &str,
+    name: &str,
+) -> Result<Option<ProjectRow>, sqlx::Error> {
+    let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE forge = $1 AND name = $2");
+    let row: Option<ProjectTuple> = with_pool!(db, pool => {
+        sqlx::query_as(&sql).bind(forge).bind(name).fetch_optional(pool).await
+    })?;
+    Ok(row.map(project_row))
+}
+
+/// Project by id.
+pub async fn project_by_id(db: &Database, id: i64) -> Result<Option<ProjectRow>, sqlx::Error> {
+    let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1");
+    let row: Option<ProjectTuple> = with_pool!(db, pool => {
+        sqlx::query_as(&sql).bind(id).fetch_optional(pool).await
+    })?;
+    Ok(row.map(project_row))
+}
+
+/// Every project.
+pub async fn projects(db: &Database) -> Result<Vec<ProjectRow>, sqlx::Error> {
+    let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id");
+    let rows: Vec<ProjectTuple> = with_pool!(db, pool => {
+        sqlx::query_as(&sql).fetch_all(pool).await
+    })?;
+    Ok(rows.into_iter().map(project_row).collect())
+}
+
+/// Insert or refresh a project from its repository record.
+pub async fn upsert_project(
+    db: &Database,
+    forge: &str,
+    repository: &serde_json::Value,
+    source: &str,
+) -> Result<ProjectRow, sqlx::Error> {
+    let s = |k: &str| {
+        repository
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let name = s("full_name");
+    let private = repository
+        .get("private")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let web_url = repository
+        .get("web_url")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    with_pool!(db, pool => {
+        sqlx::query(
+            "INSERT INTO projects \
+             (forge, name, owner, clone_url, web_url, default_branch, private, repository, source, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (forge, name) DO UPDATE SET owner = excluded.owner, \
+             clone_url = excluded.clone_url, web_url = excluded.web_url, \
+             default_branch = excluded.default_branch, private = excluded.private, \
+             repository = excluded.repository, updated_at = excluded.updated_at",
+        )
+        .bind(forge)
+        .bind(&name)
+        .bind(s("owner"))
+        .bind(s("clone_url"))
+        .bind(web_url)
+        .bind(s("default_branch"))
+        .bind(i64::from(private))
+        .bind(repository.to_string())
+        .bind(source)
+        .bind(now_ms())
+        .execute(pool)
+        .await
+        .map(|_| ())
+    })?;
+    project(db, forge, &name)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// A branch or a pull request: what a newer commit supersedes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// Pushes to a branch.
+    Branch(String),
+    /// A pull request's heads.
+    PullRequest(i64),
+}
+
+/// A target to record.
+#[derive(Debug, Clone)]
+pub struct Attach {
+    /// Project id.
+    pub project: i64,
+    /// The event, if any.
+    pub event: Option<i64>,
+    /// `push` or `pull_request`.
+    pub kind: &'static str,
+    /// Branch (a pull request's head branch).
+    pub branch: Option<String>,
+    /// Pull request number.
+    pub pull_request: Option<i64>,
+    /// Where statuses go.
+    pub head_rev: String,
+    /// What is evaluated.
+    pub eval_rev: String,
+    /// Its tree (the run key).
+    pub tree: String,
+    /// Head commit subject.
+    pub message: Option<String>,
+    /// May use secrets.
+    pub trusted: bool,
+    /// Set for a run that cannot start (a merge conflict): it is recorded
+    /// in state `error` with this message.
+    pub error: Option<String>,
+}
+
+/// What [`attach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The run the target belongs to.
+    pub run: i64,
+    /// A run was created (not shared).
+    pub created: bool,
+    /// Runs cancelled because their every target was superseded.
+    pub stopped: Vec<i64>,
+}
+
+/// The body of [`supersede_line`] inside a transaction; `spare` is a run
+/// never cancelled (the one about to get a target).
+macro_rules! supersede_body {
+    ($tx:expr, $project:expr, $line:expr, $keep:expr, $spare:expr) => {{
+        let keep = $keep.unwrap_or("");
+        let runs: Vec<i64> = match $line {
+            Line::Branch(b) => {
+                sqlx::query_scalar(
+                    "UPDATE targets SET state = 'superseded' WHERE project_id = $1 \
+                     AND kind = 'push' AND branch = $2 AND state = 'active' AND rev <> $3 \
+                     RETURNING run_id",
+                )
+                .bind($project)
+                .bind(b)
+                .bind(keep)
+                .fetch_all(&mut **$tx)
+                .await?
+            }
+            Line::PullRequest(n) => {
+                sqlx::query_scalar(
+                    "UPDATE targets SET state = 'superseded' WHERE project_id = $1 \
+                     AND kind = 'pull_request' AND pull_request = $2 AND state = 'active' \
+                     AND rev <> $3 RETURNING run_id",
+                )
+                .bind($project)
+                .bind(n)
+                .bind(keep)
+                .fetch_all(&mut **$tx)
+                .await?
+            }
+        };
+        let mut stopped = Vec::new();
+        for run in runs {
+            if Some(run) == $spare || stopped.contains(&run) {
+                continue;
+            }
+            let done = sqlx::query(
+                "UPDATE runs SET state = 'cancelled', error = 'superseded by a newer commit', \
+                 finished_at = $2 WHERE id = $1 AND state IN ('queued', 'running') \
+                 AND NOT EXISTS (SELECT 1 FROM targets t WHERE t.run_id = $1 AND t.state = 'active')",
+            )
+            .bind(run)
+            .bind(now_ms())
+            .execute(&mut **$tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                stopped.push(run);
+            }
+        }
+        Ok::<_, sqlx::Error>(stopped)
+    }};
+}
+
+/// Supersede `line`'s active targets (except those on `keep_rev`), and
+/// cancel runs left without an active target. Returns those runs.
+pub async fn supersede_line(
+    db: &Database,
+    project: i64,
+    line: &Line,
+    keep_rev: Option<&str>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    with_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let stopped = supersede_body!(&mut tx, project, line, keep_rev, None::<i64>)?;
+        tx.commit().await?;
+        Ok(stopped)
+    })
+}
+
+/// Record a target: supersede older targets of its line, find the run of
+/// the same project and tree (or create one), and add the target, in one
+/// transaction.
+pub async fn attach(db: &Database, a: &Attach) -> Result<Attached, sqlx::Error> {
+    let line = match (a.kind, a.pull_request, &a.branch) {
+        ("pull_request", Some(n), _) => Line::PullRequest(n),
+        (_, _, Some(b)) => Line::Branch(b.clone()),
+        _ => Line::Branch(String::new()),
+    };
+    let now = now_ms();
+    with_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        // The same head on the same line is already a target: nothing new.
+        let same: Option<i64> = match &line {
+            Line::Branch(b) => sqlx::query_scalar(
+                "SELECT run_id FROM targets WHERE project_id = $1 AND kind = 'push' \
+                 AND branch = $2 AND rev = $3 AND state = 'active' ORDER BY id DESC LIMIT 1",
+            )
+            .bind(a.project)
+            .bind(b)
+            .bind(&a.head_rev)
+            .fetch_optional(&mut *tx)
+            .await?,
+            Line::PullRequest(n) => sqlx::query_scalar(
+                "SELECT run_id FROM targets WHERE project_id = $1 AND kind = 'pull_request' \
+                 AND pull_request = $2 AND rev = $3 AND state = 'active' ORDER BY id DESC LIMIT 1",
+            )
+            .bind(a.project)
+            .bind(n)
+            .bind(&a.head_rev)
+            .fetch_optional(&mut *tx)
+            .await?,
+        };
+        if let Some(run) = same {
+            tx.commit().await?;
+            return Ok(Attached { run, created: false, stopped: Vec::new() });
+        }
+        let existing: Option<(i64, String, i64)> = if a.error.is_some() {
+            None
+        } else {
+            sqlx::query_as(
+                "SELECT id, state, trusted FROM runs WHERE project_id = $1 AND tree = $2 \
+                 AND state IN ('queued', 'running', 'succeeded', 'failed') ORDER BY id DESC LIMIT 1",
+            )
+            .bind(a.project)
+            .bind(&a.tree)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let stopped = supersede_body!(&mut tx, a.project, &line, Some(a.head_rev.as_str()), existing.as_ref().map(|e| e.0))?;
+        let (run, created) = match existing {
+            Some((id, state, trusted)) => {
+                if a.trusted && trusted == 0 {
+                    // A trusted change with the same content: the run may
+                    // use secrets now; a finished one runs its steps again.
+                    let requeue = state == "succeeded" || state == "failed";
+                    sqlx::query(
+                        "UPDATE runs SET trusted = 1, needs_approval = 0, \
+                         state = CASE WHEN $2 = 1 THEN 'queued' ELSE state END, \
+                         rerun_steps = CASE WHEN $2 = 1 THEN 1 ELSE rerun_steps END \
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(i64::from(requeue))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                (id, false)
+            }
+            None => {
+                let state = if a.error.is_some() { "error" } else { "queued" };
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO runs (project_id, tree, rev, branch, pull_request, message, state, \
+                     trusted, needs_approval, error, created_at, finished_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                )
+                .bind(a.project)
+                .bind(&a.tree)
+                .bind(&a.eval_rev)
+                .bind(&a.branch)
+                .bind(a.pull_request)
+                .bind(&a.message)
+                .bind(state)
+                .bind(i64::from(a.trusted))
+                .bind(i64::from(!a.trusted))
+                .bind(&a.error)
+                .bind(now)
+                .bind(a.error.as_ref().map(|_| now))
+                .fetch_one(&mut *tx)
+                .await?;
+                (id, true)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO targets (run_id, project_id, event_id, kind, branch, pull_request, rev, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8)",
+        )
+        .bind(run)
+        .bind(a.project)
+        .bind(a.event)
+        .bind(a.kind)
+        .bind(&a.branch)
+        .bind(a.pull_request)
+        .bind(&a.head_rev)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(event) = a.event {
+            sqlx::query("UPDATE events SET state = 'started', note = NULL WHERE id = $1")
+                .bind(event)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Attached { run, created, stopped })
+    })
+}
