@@ -1,0 +1,415 @@
+//! Gerrit's REST API as requests and answers: the change a webhook names,
+//! an account's groups, a project's `HEAD`, the project list and the review
+//! that carries the vote, plus HTTP answers turned into errors a user can
+//! act on.
+//!
+//! Every answer starts with Gerrit's `)]}'` line (against cross-site script
+//! inclusion); [`json`] strips it. This module builds and reads; `lib.rs`
+//! sends. It must never put the password or the authorization header in a
+//! message.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use kiln_plugin_sdk::http::{HttpError, Request, Response};
+use kiln_plugin_sdk::status::host_of;
+use kiln_plugin_sdk::{PluginError, Retry};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// The wait asked for when Gerrit is down or busy and does not say how long.
+pub const DEFAULT_RETRY_SECS: u32 = 30;
+/// The wait asked for when Gerrit refuses Kiln's own credentials: the event
+/// is authentic, and it is handled once the operator fixes them.
+pub const REFUSED_RETRY_SECS: u32 = 300;
+/// The longest wait honoured from a `Retry-After` header.
+const MAX_RETRY_SECS: u32 = 3600;
+/// How much of an error body a message quotes.
+const BODY_EXCERPT: usize = 200;
+/// Gerrit's prefix against cross-site script inclusion.
+const XSSI_PREFIX: &[u8] = b")]}'";
+
+/// A Gerrit instance's REST API, reached with the account's HTTP password.
+pub struct Api {
+    /// The base URL (`https://review.example.org`), without a trailing `/`.
+    pub base: String,
+    /// `Basic …` for the account.
+    authorization: String,
+}
+
+impl Api {
+    pub fn new(base: &str, username: &str, password: &str) -> Result<Self, PluginError> {
+        let base = checked_base("url", base)?;
+        let credentials = STANDARD.encode(format!("{username}:{password}"));
+        Ok(Self {
+            base,
+            authorization: format!("Basic {credentials}"),
+        })
+    }
+
+    /// An authenticated request to `path` (starting with `/a/`).
+    pub fn request(&self, method: &str, path: &str) -> Request {
+        Request::new(method, format!("{}{path}", self.base))
+            .header("authorization", self.authorization.as_str())
+            .header("accept", "application/json")
+            .header("user-agent", "kiln")
+    }
+
+    /// `GET /a/changes/{project}~{number}` with the current revision, its
+    /// commit and the owner's account details.
+    pub fn change(&self, project: &str, number: u64) -> Request {
+        self.request(
+            "GET",
+            &format!(
+                "/a/changes/{}~{number}?o=CURRENT_REVISION&o=CURRENT_COMMIT&o=DETAILED_ACCOUNTS",
+                encode(project)
+            ),
+        )
+    }
+
+    /// `GET /a/accounts/{id}/groups`.
+    pub fn groups(&self, account: u64) -> Request {
+        self.request("GET", &format!("/a/accounts/{account}/groups"))
+    }
+
+    /// `GET /a/projects/{project}/HEAD`.
+    pub fn head(&self, project: &str) -> Request {
+        self.request("GET", &format!("/a/projects/{}/HEAD", encode(project)))
+    }
+
+    /// One page of `GET /a/projects/`: active code projects with their
+    /// descriptions, `limit` from `skip`.
+    pub fn projects(&self, skip: usize, limit: usize) -> Request {
+        self.request(
+            "GET",
+            &format!("/a/projects/?d&type=CODE&state=ACTIVE&n={limit}&S={skip}"),
+        )
+    }
+
+    /// `POST /a/changes/{project}~{number}/revisions/{rev}/review`.
+    pub fn review(&self, project: &str, number: u64, rev: &str, body: String) -> Request {
+        self.request(
+            "POST",
+            &format!(
+                "/a/changes/{}~{number}/revisions/{rev}/review",
+                encode(project)
+            ),
+        )
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(body)
+    }
+}
+
+/// `url` without a trailing `/`, when it is an http(s) URL; `key` names the
+/// setting in the error.
+pub fn checked_base(key: &str, url: &str) -> Result<String, PluginError> {
+    let base = url.trim().trim_end_matches('/');
+    if !(base.starts_with("https://") || base.starts_with("http://")) || host_of(base).is_empty() {
+        return Err(PluginError::failed(format!(
+            "setting `{key}` must be an http(s) URL such as https://review.example.org, not \
+             `{base}`"
+        )));
+    }
+    Ok(base.to_owned())
+}
+
+/// `text` percent-encoded as one path segment: a project `infra/tools`
+/// becomes `infra%2Ftools`, as Gerrit's project ids want.
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The JSON of a Gerrit answer, its `)]}'` line removed; `what` names the
+/// answer in the error.
+pub fn json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
+    let body = body.trim_ascii_start();
+    let body = match body.strip_prefix(XSSI_PREFIX) {
+        Some(rest) => rest,
+        None => body,
+    };
+    serde_json::from_slice(body).map_err(|e| format!("Gerrit's {what} does not parse: {e}"))
+}
+
+/// An account as `DETAILED_ACCOUNTS` shows it.
+#[derive(Debug, Deserialize)]
+pub struct Account {
+    #[serde(rename = "_account_id")]
+    pub id: u64,
+    pub username: Option<String>,
+}
+
+impl Account {
+    /// The login: the username, or the numeric account id for an account
+    /// without one (Gerrit shows both as `owner:` search terms).
+    pub fn login(&self) -> String {
+        self.username.clone().unwrap_or_else(|| self.id.to_string())
+    }
+}
+
+/// A revision of `revisions`.
+#[derive(Debug, Deserialize)]
+pub struct Revision {
+    #[serde(rename = "_number")]
+    pub number: u64,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit: Option<Commit>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Commit {
+    pub message: Option<String>,
+}
+
+/// The parts of a `ChangeInfo` Kiln reads.
+#[derive(Debug, Deserialize)]
+pub struct Change {
+    pub project: String,
+    pub branch: String,
+    pub subject: String,
+    pub status: String,
+    #[serde(rename = "_number")]
+    pub number: u64,
+    pub owner: Account,
+    pub current_revision: Option<String>,
+    #[serde(default)]
+    pub revisions: BTreeMap<String, Revision>,
+}
+
+/// A `GroupInfo`: its UUID and its name.
+#[derive(Debug, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// A `ProjectInfo` of the project list.
+#[derive(Debug, Deserialize)]
+pub struct Project {
+    pub description: Option<String>,
+    #[serde(rename = "_more_projects", default)]
+    pub more: bool,
+}
+
+/// Why a request to Gerrit did not give an answer to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth retrying after the wait: unreachable, 429, 5xx, or Kiln's own
+    /// credentials refused (401/403) on a webhook.
+    Retry(Retry),
+    /// HTTP 404: the change or project does not exist, or the account
+    /// cannot see it.
+    NotFound(String),
+    /// Anything else.
+    Failed(String),
+}
+
+impl From<Failure> for PluginError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Retry(retry) => PluginError::RetryAfter(retry),
+            Failure::NotFound(message) | Failure::Failed(message) => PluginError::Failed(message),
+        }
+    }
+}
+
+fn retry(seconds: u32, reason: String) -> Failure {
+    Failure::Retry(Retry { seconds, reason })
+}
+
+/// A request to `url` that got no answer: retried, since Gerrit may be
+/// restarting.
+pub fn unreachable(what: &str, url: &str, error: &HttpError) -> Failure {
+    let host = host_of(url);
+    retry(
+        DEFAULT_RETRY_SECS,
+        format!(
+            "cannot reach Gerrit at {host} to {what} ({url}): {error}; check setting `url` and \
+             that kiln.toml grants this plugin HTTP to host `{host}`"
+        ),
+    )
+}
+
+/// `response` when it is 2xx, else why not. `what` says what the request
+/// was for (`read change infra/tools~12`); `refused_retry` says whether a
+/// 401 or 403 is retried (a webhook: the event is authentic and waits for
+/// fixed credentials) or fails (a report).
+pub fn check(
+    what: &str,
+    url: &str,
+    response: Response,
+    refused_retry: bool,
+) -> Result<Response, Failure> {
+    let status = response.status;
+    if (200..300).contains(&status) {
+        return Ok(response);
+    }
+    let host = host_of(url);
+    let body = excerpt(&response.body);
+    let detail = if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    };
+    let refused = |advice: &str| {
+        format!("Gerrit at {host} answered HTTP {status} to {what}{detail}; {advice}")
+    };
+    Err(match status {
+        401 => {
+            let message = refused(
+                "it refused the account: check secrets `gerrit-username` and `gerrit-password` \
+                 (the HTTP password from Settings → HTTP Credentials, not the sign-in password)",
+            );
+            if refused_retry {
+                retry(REFUSED_RETRY_SECS, message)
+            } else {
+                Failure::Failed(message)
+            }
+        }
+        403 => {
+            let message = refused(
+                "the account lacks the permission; it needs Read on the project and, to report, \
+                 the label's vote range (-1..+1) on its branches",
+            );
+            if refused_retry {
+                retry(REFUSED_RETRY_SECS, message)
+            } else {
+                Failure::Failed(message)
+            }
+        }
+        404 => Failure::NotFound(refused(
+            "it does not exist, or the account in secret `gerrit-username` cannot see it",
+        )),
+        429 | 500..=599 => retry(retry_secs(&response), refused("retrying later")),
+        _ => Failure::Failed(format!(
+            "Gerrit at {host} answered HTTP {status} to {what} ({url}){detail}"
+        )),
+    })
+}
+
+/// The wait `Retry-After` asks for (seconds), else [`DEFAULT_RETRY_SECS`].
+fn retry_secs(response: &Response) -> u32 {
+    response
+        .header("retry-after")
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(DEFAULT_RETRY_SECS)
+        .clamp(1, MAX_RETRY_SECS)
+}
+
+/// The start of an error body on one line, without Gerrit's `)]}'`.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim_start().trim_start_matches(")]}'");
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(BODY_EXCERPT) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
+        Response {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    const URL: &str = "https://review.example.org/a/changes/x~1";
+
+    #[test]
+    fn the_xssi_line_is_stripped() {
+        let change: Change = json(
+            format!(")]}}'\n{}", include_str!("../tests/fixtures/change.json")).as_bytes(),
+            "change",
+        )
+        .unwrap();
+        assert_eq!(change.number, 1234);
+        assert_eq!(change.owner.login(), "ada");
+        let current = change.current_revision.as_deref().unwrap();
+        assert_eq!(change.revisions[current].git_ref, "refs/changes/34/1234/3");
+        let head: String = json(b")]}'\n\"refs/heads/trunk\"\n", "HEAD").unwrap();
+        assert_eq!(head, "refs/heads/trunk");
+        let err = json::<String>(b")]}'\n<html>", "HEAD").unwrap_err();
+        assert!(err.starts_with("Gerrit's HEAD does not parse"), "{err}");
+    }
+
+    #[test]
+    fn projects_are_one_path_segment() {
+        assert_eq!(encode("infra/hello-flake"), "infra%2Fhello-flake");
+        assert_eq!(encode("a b+c~d"), "a%20b%2Bc~d");
+    }
+
+    #[test]
+    fn statuses_become_retries_or_clear_failures() {
+        let busy = check("x", URL, response(429, &[("Retry-After", "7")], ""), false);
+        assert!(
+            matches!(&busy, Err(Failure::Retry(r)) if r.seconds == 7),
+            "{busy:?}"
+        );
+        let down = check("x", URL, response(503, &[], ")]}'\nmaintenance"), false);
+        assert!(
+            matches!(&down, Err(Failure::Retry(r)) if r.seconds == DEFAULT_RETRY_SECS
+                && r.reason.contains("HTTP 503") && r.reason.contains(": maintenance")),
+            "{down:?}"
+        );
+        for status in [401, 403] {
+            let what = "post a review on infra/tools~12";
+            let Err(Failure::Failed(message)) = check(what, URL, response(status, &[], ""), false)
+            else {
+                panic!("{status} is not a failure")
+            };
+            assert!(
+                message.starts_with(&format!(
+                    "Gerrit at review.example.org answered HTTP {status} to {what}; "
+                )),
+                "{message}"
+            );
+            let Err(Failure::Retry(retry)) = check(what, URL, response(status, &[], ""), true)
+            else {
+                panic!("{status} on a webhook is not retried")
+            };
+            assert_eq!(retry.seconds, REFUSED_RETRY_SECS);
+        }
+        assert!(matches!(
+            check("x", URL, response(404, &[], "Not found: x~1"), false),
+            Err(Failure::NotFound(_))
+        ));
+        let long = "y".repeat(500);
+        let Err(Failure::Failed(message)) = check("x", URL, response(400, &[], &long), false)
+        else {
+            panic!("not a failure")
+        };
+        assert!(
+            message.contains("HTTP 400") && message.len() < 400,
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_base_url_is_checked() {
+        assert_eq!(
+            checked_base("url", "https://review.example.org/").unwrap(),
+            "https://review.example.org"
+        );
+        for bad in ["review.example.org", "ftp://x", "https://"] {
+            assert!(checked_base("url", bad).is_err(), "{bad}");
+        }
+    }
+}
