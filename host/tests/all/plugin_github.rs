@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kiln_runtime::bindings::forge_types::{
     ChangeEvent, Header, PullRequestAction, PullRequestEvent, Repository, StatusReport,
     StatusState, WebhookDisposition, WebhookError, WebhookOutcome, WebhookRequest,
 };
+use kiln_runtime::context::KvStore;
 use kiln_runtime::{CallError, Grant, Limits, Plugin, Runtime};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -218,15 +220,17 @@ struct Received {
     body: String,
 }
 
-/// A loopback server speaking GitHub's REST shapes: statuses are created
-/// (201) unless `rate_limited` (429 with `Retry-After: 7`), and
-/// `/user/repos` has two pages linked with `Link: rel="next"`. Every
-/// request is sent on the channel.
-fn fake_github(rate_limited: bool) -> (String, mpsc::Receiver<Received>) {
+/// A loopback server that answers each request with what `answer` returns
+/// for it (status, extra header lines, JSON body); `answer` gets the
+/// server's base URL too. Every request is sent on the channel before it
+/// is answered, so a caller that got its answer finds it there.
+fn serve(
+    mut answer: impl FnMut(&str, &Received) -> (u16, String, Value) + Send + 'static,
+) -> (String, mpsc::Receiver<Received>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let (tx, rx) = mpsc::channel();
-    let next = format!("{base}/user/repos?per_page=100&page=2");
+    let server_base = base.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -253,36 +257,15 @@ fn fake_github(rate_limited: bool) -> (String, mpsc::Receiver<Received>) {
                 .map_or(0, |l| l.parse().unwrap());
             let mut body = vec![0; length];
             reader.read_exact(&mut body).unwrap();
-            let (status, extra, reply) = match (method.as_str(), target.as_str()) {
-                ("POST", t) if t.contains("/statuses/") && rate_limited => (
-                    429,
-                    "retry-after: 7\r\n".to_owned(),
-                    json!({"message": "slow down"}),
-                ),
-                ("POST", t) if t.contains("/statuses/") => (201, String::new(), json!({"id": 1})),
-                ("GET", "/user/repos?per_page=100") => (
-                    200,
-                    format!("link: <{next}>; rel=\"next\", <{next}>; rel=\"last\"\r\n"),
-                    json!([
-                        repo("acme", "widgets", &["build-with-buildbot"]),
-                        repo("acme", "docs", &[])
-                    ]),
-                ),
-                ("GET", "/user/repos?per_page=100&page=2") => (
-                    200,
-                    String::new(),
-                    json!([repo("acme", "gadgets", &["nix", "build-with-buildbot"])]),
-                ),
-                _ => (404, String::new(), json!({"message": "Not Found"})),
-            };
-            let reply = reply.to_string();
-            // Recorded before answering, so a caller that got its answer finds it.
-            let _ = tx.send(Received {
+            let received = Received {
                 method,
                 target,
                 headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
-            });
+            };
+            let (status, extra, reply) = answer(&server_base, &received);
+            let reply = reply.to_string();
+            let _ = tx.send(received);
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{reply}",
@@ -291,6 +274,42 @@ fn fake_github(rate_limited: bool) -> (String, mpsc::Receiver<Received>) {
         }
     });
     (base, rx)
+}
+
+/// A loopback server speaking GitHub's REST shapes for a personal token:
+/// statuses are created (201) unless `rate_limited` (429 with
+/// `Retry-After: 7`), and `/user/repos` has two pages linked with
+/// `Link: rel="next"`.
+fn fake_github(rate_limited: bool) -> (String, mpsc::Receiver<Received>) {
+    serve(move |base, request| {
+        let next = format!("{base}/user/repos?per_page=100&page=2");
+        match (request.method.as_str(), request.target.as_str()) {
+            ("POST", t) if t.contains("/statuses/") && rate_limited => (
+                429,
+                "retry-after: 7\r\n".to_owned(),
+                json!({"message": "slow down"}),
+            ),
+            ("POST", t) if t.contains("/statuses/") => (201, String::new(), json!({"id": 1})),
+            ("GET", "/user/repos?per_page=100") => (
+                200,
+                format!("link: <{next}>; rel=\"next\", <{next}>; rel=\"last\"\r\n"),
+                json!([
+                    repo("acme", "widgets", &["build-with-buildbot"]),
+                    repo("acme", "docs", &[])
+                ]),
+            ),
+            ("GET", "/user/repos?per_page=100&page=2") => (
+                200,
+                String::new(),
+                json!([repo("acme", "gadgets", &["nix", "build-with-buildbot"])]),
+            ),
+            _ => not_found(),
+        }
+    })
+}
+
+fn not_found() -> (u16, String, Value) {
+    (404, String::new(), json!({"message": "Not Found"}))
 }
 
 /// A repository as `GET /user/repos` returns it: the recorded pull
@@ -496,4 +515,765 @@ async fn clone_credentials_are_the_token_as_x_access_token() {
     assert_eq!(credentials.url, "https://github.com/acme/widgets.git");
     assert_eq!(credentials.username.as_deref(), Some("x-access-token"));
     assert_eq!(credentials.password.as_deref(), Some(TOKEN));
+}
+
+// GitHub App mode: a fake GitHub that verifies the App's JWT (RS256 with
+// the App's public key, through `openssl dgst -verify`, plus `iss` and the
+// expiry window), mints installation tokens with a chosen lifetime, and
+// accepts only live installation tokens.
+
+/// The App's id as configured.
+const APP_ID: u64 = 4242;
+/// The installation on `acme`.
+const INSTALLATION: u64 = 77;
+const COMMIT: &str = "cccccccccccccccccccccccccccccccccccccccc";
+
+/// An RSA key pair made with openssl: the private key in PKCS#1 PEM (as
+/// GitHub hands out App keys) and the public key's file.
+struct AppKey {
+    dir: tempfile::TempDir,
+    private: Vec<u8>,
+}
+
+impl AppKey {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("app.pem");
+        crate::common::sh(
+            std::process::Command::new("openssl")
+                .args(["genrsa", "-traditional", "-out"])
+                .arg(&private)
+                .arg("2048"),
+        );
+        crate::common::sh(
+            std::process::Command::new("openssl")
+                .args(["rsa", "-pubout", "-in"])
+                .arg(&private)
+                .arg("-out")
+                .arg(dir.path().join("app.pub.pem")),
+        );
+        let private = std::fs::read(&private).unwrap();
+        Self { dir, private }
+    }
+
+    fn public(&self) -> PathBuf {
+        self.dir.path().join("app.pub.pem")
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Base64url without padding, as JWTs use it.
+fn base64url(text: &str) -> Result<Vec<u8>, String> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return Err(format!("`{}` is not base64url", c as char)),
+        };
+        bits = (bits << 6) | u32::from(v);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks an `Authorization` header carrying the App's JWT as GitHub does:
+/// an RS256 signature by the App's key, `iss` the App, issued at most
+/// ten minutes before it expires and valid now.
+fn verify_jwt(authorization: Option<&String>, public: &Path) -> Result<(), String> {
+    let jwt = authorization
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .ok_or("no `Authorization: Bearer` header")?;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts[..] else {
+        return Err(format!("{} parts, not 3", parts.len()));
+    };
+    let json = |part: &str| -> Result<Value, String> {
+        serde_json::from_slice(&base64url(part)?).map_err(|e| e.to_string())
+    };
+    let header = json(header)?;
+    if header["alg"] != "RS256" {
+        return Err(format!("alg is {}", header["alg"]));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (input, sig) = (dir.path().join("input"), dir.path().join("sig"));
+    std::fs::write(&input, &jwt[..jwt.rfind('.').unwrap()]).unwrap();
+    std::fs::write(&sig, base64url(signature)?).unwrap();
+    let verified = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(public)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&input)
+        .output()
+        .unwrap();
+    if !verified.status.success() {
+        return Err(format!(
+            "the RS256 signature does not verify: {}",
+            String::from_utf8_lossy(&verified.stdout).trim()
+        ));
+    }
+    let claims = json(claims)?;
+    if claims["iss"] != APP_ID {
+        return Err(format!("iss is {}", claims["iss"]));
+    }
+    let (iat, exp) = (
+        claims["iat"].as_u64().ok_or("no iat")?,
+        claims["exp"].as_u64().ok_or("no exp")?,
+    );
+    let now = unix_now();
+    if !(now - 65..=now - 55).contains(&iat) {
+        return Err(format!("iat is {iat}, not a minute before {now}"));
+    }
+    if exp <= now || exp - iat > 600 {
+        return Err(format!("exp {exp} is not within ten minutes of iat {iat}"));
+    }
+    Ok(())
+}
+
+/// The UTC time of Unix second `t` as GitHub writes it.
+fn iso(t: u64) -> String {
+    crate::common::sh(
+        std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ", "-d"])
+            .arg(format!("@{t}")),
+    )
+    .trim()
+    .to_owned()
+}
+
+/// How the fake App server rate-limits statuses.
+#[derive(Clone, Copy, PartialEq)]
+enum Limit {
+    None,
+    /// 403 with a body about a secondary rate limit and no headers.
+    Secondary,
+    /// 403 with `x-ratelimit-remaining: 0` and a reset two minutes ahead.
+    Primary,
+}
+
+/// What the fake App server does and has seen.
+struct AppState {
+    /// The lifetime of the tokens it mints, seconds.
+    token_life: u64,
+    /// Every token minted: (token, installation, expiry).
+    minted: Vec<(String, u64, u64)>,
+    /// Tokens refused from now on.
+    revoked: Vec<String>,
+    /// Why JWTs were refused.
+    jwt_errors: Vec<String>,
+    /// Check runs created: (id, name).
+    check_runs: Vec<(u64, String)>,
+    limit: Limit,
+}
+
+type Shared = Arc<Mutex<AppState>>;
+
+/// The installation a live token belongs to.
+fn installation_of(state: &AppState, request: &Received) -> Option<u64> {
+    let token = request.headers.get("authorization")?;
+    let token = token
+        .strip_prefix("Bearer ")
+        .or_else(|| token.strip_prefix("token "))?;
+    let now = unix_now();
+    state
+        .minted
+        .iter()
+        .find(|(t, _, exp)| t == token && *exp > now && !state.revoked.contains(t))
+        .map(|(_, installation, _)| *installation)
+}
+
+/// A loopback GitHub for an App installed on `acme` (installation 77, two
+/// pages of repositories) and `beta` (79, on the second page of
+/// installations), with a suspended installation (78) between them.
+fn fake_app(key: &AppKey) -> (String, mpsc::Receiver<Received>, Shared) {
+    let state = Arc::new(Mutex::new(AppState {
+        token_life: 3600,
+        minted: Vec::new(),
+        revoked: Vec::new(),
+        jwt_errors: Vec::new(),
+        check_runs: Vec::new(),
+        limit: Limit::None,
+    }));
+    let shared = state.clone();
+    let public = key.public();
+    let (base, rx) = serve(move |base, request| {
+        let mut state = state.lock().unwrap();
+        let target = request.target.as_str();
+        let jwt = || verify_jwt(request.headers.get("authorization"), &public);
+        let refused = |why: String, state: &mut AppState| {
+            state.jwt_errors.push(why);
+            (
+                401,
+                String::new(),
+                json!({"message": "A JSON web token could not be decoded"}),
+            )
+        };
+        let unauthorized = || (401, String::new(), json!({"message": "Bad credentials"}));
+        let installation = installation_of(&state, request);
+        match (request.method.as_str(), target) {
+            ("GET", "/repos/acme/widgets/installation" | "/repos/acme/gadgets/installation") => {
+                match jwt() {
+                    Ok(()) => (
+                        200,
+                        String::new(),
+                        json!({"id": INSTALLATION, "account": {"login": "acme"}}),
+                    ),
+                    Err(why) => refused(why, &mut state),
+                }
+            }
+            ("POST", t)
+                if t.starts_with("/app/installations/") && t.ends_with("/access_tokens") =>
+            {
+                if let Err(why) = jwt() {
+                    return refused(why, &mut state);
+                }
+                let id: u64 = t["/app/installations/".len()..t.len() - "/access_tokens".len()]
+                    .parse()
+                    .unwrap();
+                let token = format!("ghs_{}", state.minted.len() + 1);
+                let expires = unix_now() + state.token_life;
+                state.minted.push((token.clone(), id, expires));
+                (
+                    201,
+                    String::new(),
+                    json!({"token": token, "expires_at": iso(expires), "permissions": {"checks": "write"}}),
+                )
+            }
+            ("GET", "/app/installations?per_page=100") => match jwt() {
+                Ok(()) => (
+                    200,
+                    format!(
+                        "link: <{base}/app/installations?per_page=100&page=2>; rel=\"next\"\r\n"
+                    ),
+                    json!([
+                        {"id": INSTALLATION, "account": {"login": "acme"}, "suspended_at": null},
+                        {"id": 78, "account": {"login": "gone"}, "suspended_at": "2026-01-01T00:00:00Z"},
+                    ]),
+                ),
+                Err(why) => refused(why, &mut state),
+            },
+            ("GET", "/app/installations?per_page=100&page=2") => match jwt() {
+                Ok(()) => (
+                    200,
+                    String::new(),
+                    json!([{"id": 79, "account": {"login": "beta"}}]),
+                ),
+                Err(why) => refused(why, &mut state),
+            },
+            ("GET", t) if t.starts_with("/installation/repositories") => {
+                let page2 = format!("{base}/installation/repositories?per_page=100&page=2");
+                match (installation, t.ends_with("page=2")) {
+                    (Some(INSTALLATION), false) => (
+                        200,
+                        format!("link: <{page2}>; rel=\"next\"\r\n"),
+                        json!({"total_count": 3, "repositories": [
+                            repo("acme", "widgets", &["build-with-buildbot"]),
+                            repo("acme", "docs", &[]),
+                        ]}),
+                    ),
+                    (Some(INSTALLATION), true) => (
+                        200,
+                        String::new(),
+                        json!({"total_count": 3, "repositories": [
+                            repo("acme", "gadgets", &["build-with-buildbot"]),
+                        ]}),
+                    ),
+                    (Some(79), false) => (
+                        200,
+                        String::new(),
+                        json!({"total_count": 1, "repositories": [
+                            repo("beta", "tools", &["build-with-buildbot"]),
+                        ]}),
+                    ),
+                    _ => unauthorized(),
+                }
+            }
+            _ if !target.starts_with("/repos/acme/") => not_found(),
+            _ if installation != Some(INSTALLATION) => unauthorized(),
+            ("POST", t) if t.contains("/statuses/") => match state.limit {
+                Limit::None => (201, String::new(), json!({"id": 1})),
+                Limit::Secondary => (
+                    403,
+                    String::new(),
+                    json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}),
+                ),
+                Limit::Primary => (
+                    403,
+                    format!(
+                        "x-ratelimit-remaining: 0\r\nx-ratelimit-reset: {}\r\n",
+                        unix_now() + 120
+                    ),
+                    json!({"message": "API rate limit exceeded for installation ID 77."}),
+                ),
+            },
+            ("POST", "/repos/acme/widgets/check-runs") => {
+                let id = state.check_runs.len() as u64 + 1;
+                let body: Value = serde_json::from_str(&request.body).unwrap();
+                state
+                    .check_runs
+                    .push((id, body["name"].as_str().unwrap().to_owned()));
+                (201, String::new(), json!({"id": id, "name": body["name"]}))
+            }
+            ("PATCH", t) if t.starts_with("/repos/acme/widgets/check-runs/") => {
+                let id: u64 = t.rsplit('/').next().unwrap().parse().unwrap();
+                if state.check_runs.iter().any(|(known, _)| *known == id) {
+                    (200, String::new(), json!({"id": id}))
+                } else {
+                    not_found()
+                }
+            }
+            _ => not_found(),
+        }
+    });
+    (base, rx, shared)
+}
+
+/// A context for App mode with `key` as the App's key, sharing `kv`
+/// between calls as the service does.
+fn app_context(base: &str, key: &[u8], kv: &Arc<KvStore>) -> kiln_runtime::CallContext {
+    let grant = Grant {
+        secrets: vec!["github-app-private-key".into()],
+        hosts: vec![base.trim_start_matches("http://").to_owned()],
+        kv: true,
+        ..Grant::default()
+    };
+    context(
+        "github",
+        grant,
+        &[("github-app-private-key", key)],
+        kv.clone(),
+    )
+}
+
+fn app_config(base: &str, report: &str) -> Vec<(String, String)> {
+    cfg(&[
+        ("api", base),
+        ("app_id", &APP_ID.to_string()),
+        ("report", report),
+    ])
+}
+
+fn description(state: StatusState) -> &'static str {
+    match state {
+        StatusState::Pending => "queued",
+        StatusState::Running => "building",
+        StatusState::Success => "all built",
+        StatusState::Failure | StatusState::Error => "failed",
+        StatusState::Cancelled => "cancelled",
+    }
+}
+
+/// A report on acme/widgets at [`COMMIT`] in `state` for `context`.
+fn app_report(context: &str, state: StatusState) -> StatusReport {
+    let mut report = report();
+    report.rev = COMMIT.into();
+    report.context = context.into();
+    report.state = state;
+    report.description = format!("{context}: {}", description(state));
+    report
+}
+
+/// One App-mode test: the plugin loaded, the fake GitHub with the App's
+/// key, and one kv shared by all calls, as the service shares it.
+struct AppTest {
+    rt: Runtime,
+    _dir: tempfile::TempDir,
+    github: Plugin,
+    key: AppKey,
+    base: String,
+    received: mpsc::Receiver<Received>,
+    state: Shared,
+    kv: Arc<KvStore>,
+}
+
+impl AppTest {
+    async fn new() -> Self {
+        let (rt, dir) = runtime();
+        let github = load(&rt, PLUGIN).await;
+        let key = AppKey::new();
+        let (base, received, state) = fake_app(&key);
+        Self {
+            rt,
+            _dir: dir,
+            github,
+            key,
+            base,
+            received,
+            state,
+            kv: Arc::new(KvStore::default()),
+        }
+    }
+
+    /// Reports `report` as `kind` (`statuses` or `checks`).
+    async fn report(&self, kind: &str, report: &StatusReport) -> Result<(), CallError> {
+        self.report_with_key(&self.key.private, kind, report).await
+    }
+
+    /// Reports `report` with `key` as the App's key.
+    async fn report_with_key(
+        &self,
+        key: &[u8],
+        kind: &str,
+        report: &StatusReport,
+    ) -> Result<(), CallError> {
+        self.rt
+            .report_status(
+                &self.github,
+                report,
+                &app_config(&self.base, kind),
+                app_context(&self.base, key, &self.kv),
+                Limits::default(),
+            )
+            .await
+            .result
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AppState> {
+        self.state.lock().unwrap()
+    }
+}
+
+/// The method and target of each request received so far.
+fn requests(received: &mpsc::Receiver<Received>) -> Vec<(String, String)> {
+    received.try_iter().map(|r| (r.method, r.target)).collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(m, t)| ((*m).to_owned(), (*t).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_reports_with_one_installation_token_while_it_lives() {
+    let t = AppTest::new().await;
+    let status = format!("/repos/acme/widgets/statuses/{COMMIT}");
+    let report = app_report("kiln/nix-build", StatusState::Success);
+
+    t.report("statuses", &report).await.unwrap();
+    let first: Vec<Received> = t.received.try_iter().collect();
+    let targets: Vec<(&str, &str)> = first
+        .iter()
+        .map(|r| (r.method.as_str(), r.target.as_str()))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("GET", "/repos/acme/widgets/installation"),
+            ("POST", "/app/installations/77/access_tokens"),
+            ("POST", status.as_str()),
+        ]
+    );
+    assert_eq!(
+        first[2].headers.get("authorization").map(String::as_str),
+        Some("Bearer ghs_1")
+    );
+    let body: Value = serde_json::from_str(&first[2].body).unwrap();
+    assert_eq!(body["state"], "success");
+    assert_eq!(body["context"], "kiln/nix-build");
+
+    // A second report in the token's life: no lookup, no new token.
+    t.report("statuses", &report).await.unwrap();
+    assert_eq!(requests(&t.received), pairs(&[("POST", &status)]));
+    {
+        let state = t.state();
+        assert_eq!(state.minted.len(), 1);
+        assert!(state.jwt_errors.is_empty(), "{:?}", state.jwt_errors);
+    }
+
+    // Clone credentials are the same token, reusable while it lives.
+    let credentials =
+        t.rt.clone_credentials(
+            &t.github,
+            &report.repository,
+            &app_config(&t.base, "statuses"),
+            app_context(&t.base, &t.key.private, &t.kv),
+            Limits::default(),
+        )
+        .await
+        .result
+        .unwrap();
+    assert_eq!(credentials.username.as_deref(), Some("x-access-token"));
+    assert_eq!(credentials.password.as_deref(), Some("ghs_1"));
+    let valid = credentials.valid_for_seconds.unwrap();
+    assert!((3400..=3540).contains(&valid), "{valid}");
+    assert!(
+        requests(&t.received).is_empty(),
+        "clone credentials asked GitHub"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_is_renewed_and_a_refused_one_replaced_once() {
+    let t = AppTest::new().await;
+    let status = format!("/repos/acme/widgets/statuses/{COMMIT}");
+    let report = app_report("kiln/nix-build", StatusState::Running);
+    let mint = ("POST", "/app/installations/77/access_tokens");
+
+    // Usable for two or three seconds past the five minutes kept in hand.
+    t.state().token_life = 303;
+    t.report("statuses", &report).await.unwrap();
+    assert_eq!(requests(&t.received).len(), 3);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    t.state().token_life = 3600;
+    t.report("statuses", &report).await.unwrap();
+    assert_eq!(requests(&t.received), pairs(&[mint, ("POST", &status)]));
+
+    // GitHub revokes the cached token: it is dropped and replaced, once.
+    t.state().revoked.push("ghs_2".into());
+    t.report("statuses", &report).await.unwrap();
+    let seen: Vec<Received> = t.received.try_iter().collect();
+    let auth: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| {
+            let a = r.headers.get("authorization").map_or("", String::as_str);
+            (
+                r.target.as_str(),
+                a.strip_prefix("Bearer ").unwrap_or("JWT?"),
+            )
+        })
+        .collect();
+    assert_eq!(auth.len(), 3, "{auth:?}");
+    assert_eq!(auth[0], (status.as_str(), "ghs_2"));
+    assert_eq!(auth[1].0, mint.1);
+    assert_eq!(auth[2], (status.as_str(), "ghs_3"));
+
+    // A new token GitHub refuses too is an error, not a loop.
+    t.state().revoked.push("ghs_3".into());
+    t.state().revoked.push("ghs_4".into());
+    let err = t.report("statuses", &report).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 401"), "{err}");
+    assert!(
+        err.to_string().contains("uninstalled or suspended"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("ghs_"), "{err}");
+    assert_eq!(requests(&t.received).len(), 3);
+    let state = t.state();
+    assert_eq!(state.minted.len(), 4);
+    assert!(state.jwt_errors.is_empty(), "{:?}", state.jwt_errors);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwt_signed_with_another_key_is_refused() {
+    let t = AppTest::new().await;
+    let other = AppKey::new();
+    let report = app_report("kiln/nix-build", StatusState::Pending);
+    let err = t
+        .report_with_key(&other.private, "statuses", &report)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("HTTP 401"), "{message}");
+    assert!(message.contains("`github-app-private-key`"), "{message}");
+    assert!(!message.contains("PRIVATE KEY"), "{message}");
+    assert_eq!(
+        requests(&t.received),
+        pairs(&[("GET", "/repos/acme/widgets/installation")])
+    );
+    let errors = &t.state().jwt_errors;
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("does not verify"), "{errors:?}");
+
+    let err = t
+        .report_with_key(b"not a key", "statuses", &report)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("secret `github-app-private-key` is not a PEM RSA private key"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_runs_are_created_once_then_patched() {
+    let t = AppTest::new().await;
+    // Reports `report` and returns the check-run requests it made (the
+    // first report also finds the installation and mints its token).
+    let send = async |report: StatusReport| {
+        t.report("checks", &report).await.unwrap();
+        let seen: Vec<Received> = t
+            .received
+            .try_iter()
+            .filter(|r| r.target.contains("/check-runs"))
+            .collect();
+        seen
+    };
+    let build = "kiln/nix-build";
+
+    let queued = send(app_report(build, StatusState::Pending)).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        (queued[0].method.as_str(), queued[0].target.as_str()),
+        ("POST", "/repos/acme/widgets/check-runs")
+    );
+    let body: Value = serde_json::from_str(&queued[0].body).unwrap();
+    assert_eq!(body["name"], build);
+    assert_eq!(body["head_sha"], COMMIT);
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["details_url"], "https://kiln.test/runs/7");
+    assert_eq!(body["output"]["title"], "kiln/nix-build: queued");
+    assert_eq!(body["output"]["summary"], "kiln/nix-build: queued");
+    assert!(body.get("conclusion").is_none());
+    assert_eq!(
+        queued[0].headers.get("authorization").map(String::as_str),
+        Some("Bearer ghs_1")
+    );
+
+    let running = send(app_report(build, StatusState::Running)).await;
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        (running[0].method.as_str(), running[0].target.as_str()),
+        ("PATCH", "/repos/acme/widgets/check-runs/1")
+    );
+    let body: Value = serde_json::from_str(&running[0].body).unwrap();
+    assert_eq!(body["status"], "in_progress");
+    assert!(body.get("head_sha").is_none());
+
+    let mut failed = app_report(build, StatusState::Failure);
+    failed.summary = Some("**1 of 3 failed**".into());
+    let done = send(failed).await;
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].method.as_str(), done[0].target.as_str()),
+        ("PATCH", "/repos/acme/widgets/check-runs/1")
+    );
+    let body: Value = serde_json::from_str(&done[0].body).unwrap();
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["conclusion"], "failure");
+    assert_eq!(body["output"]["summary"], "**1 of 3 failed**");
+
+    // Another context is another run; a rebuild of a finished one is new too.
+    let other = send(app_report(
+        "kiln/check/x86_64-linux.hello",
+        StatusState::Running,
+    ))
+    .await;
+    assert_eq!(
+        (other[0].method.as_str(), other[0].target.as_str()),
+        ("POST", "/repos/acme/widgets/check-runs")
+    );
+    let rebuild = send(app_report(build, StatusState::Running)).await;
+    assert_eq!(
+        (rebuild[0].method.as_str(), rebuild[0].target.as_str()),
+        ("POST", "/repos/acme/widgets/check-runs")
+    );
+    let cancelled = send(app_report(build, StatusState::Cancelled)).await;
+    assert_eq!(cancelled[0].target, "/repos/acme/widgets/check-runs/3");
+    let body: Value = serde_json::from_str(&cancelled[0].body).unwrap();
+    assert_eq!(body["conclusion"], "cancelled");
+
+    let state = t.state();
+    let names: Vec<&str> = state.check_runs.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, [build, "kiln/check/x86_64-linux.hello", build]);
+    assert_eq!(state.minted.len(), 1, "one token for all of them");
+    assert!(state.jwt_errors.is_empty(), "{:?}", state.jwt_errors);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_runs_without_an_app_are_a_config_error() {
+    let (rt, _d) = runtime();
+    let github = load(&rt, PLUGIN).await;
+    let (base, received) = fake_github(false);
+    let err = rt
+        .report_status(
+            &github,
+            &report(),
+            &cfg(&[("api", &base), ("report", "checks")]),
+            rest_context(&base, true),
+            Limits::default(),
+        )
+        .await
+        .result
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`report = \"checks\"` needs GitHub App mode"),
+        "{err}"
+    );
+    assert!(received.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_of_an_app_ask_to_retry_after_githubs_wait() {
+    let t = AppTest::new().await;
+    let report = app_report("kiln/nix-build", StatusState::Success);
+
+    t.state().limit = Limit::Secondary;
+    let err = t.report("statuses", &report).await.unwrap_err();
+    assert!(
+        matches!(err, CallError::RetryAfter { seconds: 60, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("secondary rate limit"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rate-limits this App installation"),
+        "{err}"
+    );
+
+    t.state().limit = Limit::Primary;
+    let err = t.report("statuses", &report).await.unwrap_err();
+    let CallError::RetryAfter { seconds, .. } = err else {
+        panic!("not retry-after: {err:?}")
+    };
+    assert!((115..=120).contains(&seconds), "{seconds}");
+    assert!(t.received.try_iter().count() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_discovers_repositories_across_installations_and_pages() {
+    let t = AppTest::new().await;
+    let repositories =
+        t.rt.list_repositories(
+            &t.github,
+            &app_config(&t.base, "statuses"),
+            app_context(&t.base, &t.key.private, &t.kv),
+            Limits::default(),
+        )
+        .await
+        .result
+        .unwrap();
+    let names: Vec<&str> = repositories.iter().map(|r| r.full_name.as_str()).collect();
+    assert_eq!(names, ["acme/widgets", "acme/gadgets", "beta/tools"]);
+    assert_eq!(
+        requests(&t.received),
+        pairs(&[
+            ("GET", "/app/installations?per_page=100"),
+            ("GET", "/app/installations?per_page=100&page=2"),
+            ("POST", "/app/installations/77/access_tokens"),
+            ("GET", "/installation/repositories?per_page=100"),
+            ("GET", "/installation/repositories?per_page=100&page=2"),
+            ("POST", "/app/installations/79/access_tokens"),
+            ("GET", "/installation/repositories?per_page=100"),
+        ])
+    );
+    assert!(t.state().jwt_errors.is_empty());
+
+    // Discovery remembered the installation and its token.
+    let mut report = app_report("kiln/nix-build", StatusState::Success);
+    report.repository = repositories[1].clone();
+    t.report("statuses", &report).await.unwrap();
+    assert_eq!(
+        requests(&t.received),
+        pairs(&[("POST", &format!("/repos/acme/gadgets/statuses/{COMMIT}"))])
+    );
 }

@@ -1,13 +1,14 @@
-//! GitHub's REST API as requests and answers: the commit status request,
-//! the repository listing with `Link` pagination, and HTTP answers turned
-//! into errors a user can act on (401 names the host, rate limits become
-//! `retry-after` with GitHub's own wait).
+//! GitHub's REST API as requests and answers: commit statuses, the
+//! repository listings with `Link` pagination, and HTTP answers turned into
+//! errors a user can act on (401 names the host and the credential, rate
+//! limits become `retry-after` with GitHub's own wait).
 //!
-//! This module builds and reads; `lib.rs` sends. It must never put the token
+//! This module builds and reads; `lib.rs` sends. It must never put a token
 //! in a message, and never follow a link to another host with it.
 
 use kiln_plugin_sdk::http::{HttpError, Request, Response};
 use kiln_plugin_sdk::{PluginError, Repository, StatusReport, StatusState};
+use serde::Deserialize;
 use serde_json::json;
 
 /// GitHub.com's API; GitHub Enterprise Server's is `https://HOST/api/v3`.
@@ -24,15 +25,79 @@ const MAX_RETRY_SECS: u32 = 3600;
 /// How much of an error body a message quotes.
 const BODY_EXCERPT: usize = 200;
 
-/// An authenticated GitHub API endpoint.
+/// Which credential a request carried, so that a refusal says what to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// The personal access token (secret `github-token`).
+    Token,
+    /// The GitHub App's JWT (setting `app_id`, secret `github-app-private-key`).
+    AppJwt,
+    /// An installation access token the App minted.
+    Installation,
+}
+
+impl Credential {
+    /// What a rate limit applies to.
+    fn limited(self) -> &'static str {
+        match self {
+            Self::Token => "this token",
+            Self::AppJwt => "this GitHub App",
+            Self::Installation => "this App installation",
+        }
+    }
+
+    /// What to do about HTTP 401.
+    fn unauthorized(self) -> &'static str {
+        match self {
+            Self::Token => {
+                "refused the token: check secret `github-token` (expired or revoked?) and that \
+                 it belongs to this GitHub"
+            }
+            Self::AppJwt => {
+                "refused the App's JWT: check setting `app_id` and that secret \
+                 `github-app-private-key` is a current private key of that App (a clock more \
+                 than a minute off also invalidates it)"
+            }
+            Self::Installation => {
+                "refused a newly minted installation token: the App may have been uninstalled \
+                 or suspended"
+            }
+        }
+    }
+
+    /// What to do about HTTP 403.
+    fn forbidden(self) -> &'static str {
+        match self {
+            Self::Token => {
+                "the token needs the `repo:status` scope (classic) or `Commit statuses: write` \
+                 (fine-grained)"
+            }
+            Self::AppJwt | Self::Installation => {
+                "the GitHub App needs the permissions `Commit statuses: write` (statuses), \
+                 `Checks: write` (check runs), `Contents: read` and `Metadata: read`"
+            }
+        }
+    }
+
+    /// What to do about HTTP 404.
+    fn not_found(self) -> &'static str {
+        match self {
+            Self::Token => "the repository does not exist or the token cannot see it",
+            Self::AppJwt | Self::Installation => {
+                "the repository does not exist, or the GitHub App is not installed on it"
+            }
+        }
+    }
+}
+
+/// A GitHub API endpoint; requests carry the credential given to [`Api::request`].
 pub struct Api {
     /// The API's base URL, without a trailing `/`.
     pub base: String,
-    pub token: String,
 }
 
 impl Api {
-    pub fn new(base: &str, token: String) -> Result<Self, PluginError> {
+    pub fn new(base: &str) -> Result<Self, PluginError> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(PluginError::failed(format!(
@@ -40,21 +105,21 @@ impl Api {
                  https://github.example.com/api/v3, not `{base}`"
             )));
         }
-        Ok(Self { base, token })
+        Ok(Self { base })
     }
 
-    /// A request to `url` with GitHub's headers and the token.
-    pub fn request(&self, method: &str, url: impl Into<String>) -> Request {
+    /// A request to `url` with GitHub's headers and `token` (a personal or
+    /// installation token, or the App's JWT).
+    pub fn request(&self, method: &str, url: impl Into<String>, token: &str) -> Request {
         Request::new(method, url)
-            .header("authorization", format!("Bearer {}", self.token))
+            .header("authorization", format!("Bearer {token}"))
             .header("user-agent", "kiln")
             .header("accept", "application/vnd.github+json")
             .header("x-github-api-version", "2022-11-28")
     }
 
-    /// `POST /repos/{owner}/{repo}/statuses/{sha}` for `report`.
-    pub fn status(&self, report: &StatusReport) -> Result<Request, PluginError> {
-        let repo = &report.repository;
+    /// `{base}/repos/{owner}/{repo}`, once both are GitHub names.
+    pub fn repo_url(&self, repo: &Repository) -> Result<String, PluginError> {
         for (what, part) in [("owner", &repo.owner), ("name", &repo.name)] {
             if part.is_empty()
                 || !part
@@ -66,12 +131,13 @@ impl Api {
                 )));
             }
         }
-        if report.rev.len() != 40 || !report.rev.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(PluginError::failed(format!(
-                "`{}` is not a commit id (40 hex digits)",
-                report.rev
-            )));
-        }
+        Ok(format!("{}/repos/{}/{}", self.base, repo.owner, repo.name))
+    }
+
+    /// `POST /repos/{owner}/{repo}/statuses/{sha}` for `report`, with `token`.
+    pub fn status(&self, report: &StatusReport, token: &str) -> Result<Request, PluginError> {
+        let repo_url = self.repo_url(&report.repository)?;
+        commit_id(&report.rev)?;
         let mut body = json!({
             "state": state(report.state),
             "context": report.context,
@@ -80,12 +146,9 @@ impl Api {
         if let Some(url) = &report.target_url {
             body["target_url"] = url.as_str().into();
         }
-        let url = format!(
-            "{}/repos/{}/{}/statuses/{}",
-            self.base, repo.owner, repo.name, report.rev
-        );
+        let url = format!("{repo_url}/statuses/{}", report.rev);
         Ok(self
-            .request("POST", url)
+            .request("POST", url, token)
             .header("content-type", "application/json")
             .body(body.to_string()))
     }
@@ -93,6 +156,16 @@ impl Api {
     /// The first page of the token's repositories.
     pub fn repositories_url(&self) -> String {
         format!("{}/user/repos?per_page=100", self.base)
+    }
+
+    /// The first page of the App's installations (JWT).
+    pub fn installations_url(&self) -> String {
+        format!("{}/app/installations?per_page=100", self.base)
+    }
+
+    /// The first page of the repositories an installation token reaches.
+    pub fn installation_repositories_url(&self) -> String {
+        format!("{}/installation/repositories?per_page=100", self.base)
     }
 
     /// The `rel="next"` link of `response`, refused unless it stays on the
@@ -111,6 +184,16 @@ impl Api {
         }
         Ok(Some(next))
     }
+}
+
+/// `rev` when it is a full commit id.
+pub fn commit_id(rev: &str) -> Result<&str, PluginError> {
+    if rev.len() != 40 || !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PluginError::failed(format!(
+            "`{rev}` is not a commit id (40 hex digits)"
+        )));
+    }
+    Ok(rev)
 }
 
 /// GitHub's status state for Kiln's: GitHub knows only four.
@@ -169,9 +252,15 @@ pub fn unreachable(url: &str, error: &HttpError) -> PluginError {
 }
 
 /// `response` when it is 2xx, else an error saying what to do. `what` says
-/// what the request was for (`post a status on acme/widgets`); `now` is the
-/// Unix time, for `X-RateLimit-Reset`.
-pub fn check(what: &str, url: &str, response: Response, now: u64) -> Result<Response, PluginError> {
+/// what the request was for (`post a status on acme/widgets`), `credential`
+/// what it was sent with; `now` is the Unix time, for `X-RateLimit-Reset`.
+pub fn check(
+    what: &str,
+    url: &str,
+    response: Response,
+    now: u64,
+    credential: Credential,
+) -> Result<Response, PluginError> {
     let status = response.status;
     if (200..300).contains(&status) {
         return Ok(response);
@@ -186,21 +275,24 @@ pub fn check(what: &str, url: &str, response: Response, now: u64) -> Result<Resp
     if let Some(seconds) = rate_limited(&response, now) {
         return Err(PluginError::retry_after(
             seconds,
-            format!("GitHub at {host} rate-limits this token (HTTP {status} to {what}){detail}"),
+            format!(
+                "GitHub at {host} rate-limits {} (HTTP {status} to {what}){detail}",
+                credential.limited()
+            ),
         ));
     }
     Err(match status {
         401 => PluginError::failed(format!(
-            "GitHub at {host} refused the token with HTTP 401 to {what}: check secret \
-             `github-token` (expired or revoked?) and that it belongs to {host}"
+            "GitHub at {host} answered HTTP 401 to {what}: it {}",
+            credential.unauthorized()
         )),
         403 => PluginError::failed(format!(
-            "GitHub at {host} answered HTTP 403 to {what}{detail}; the token needs the \
-             `repo:status` scope (classic) or `Commit statuses: write` (fine-grained)"
+            "GitHub at {host} answered HTTP 403 to {what}{detail}; {}",
+            credential.forbidden()
         )),
         404 => PluginError::failed(format!(
-            "GitHub at {host} answered HTTP 404 to {what}: the repository does not exist or the \
-             token cannot see it"
+            "GitHub at {host} answered HTTP 404 to {what}: {}",
+            credential.not_found()
         )),
         500..=599 => PluginError::retry_after(
             SERVER_ERROR_RETRY_SECS,
@@ -256,6 +348,31 @@ pub fn repositories_with_topic(page: &[u8], topic: &str) -> Result<Vec<Repositor
     let repos: Vec<octocrab::models::Repository> = serde_json::from_slice(page).map_err(|e| {
         PluginError::failed(format!("GitHub's repository list does not parse: {e}"))
     })?;
+    with_topic(repos, topic)
+}
+
+/// The repositories of one page of `GET /installation/repositories` that
+/// carry `topic`.
+pub fn installation_repositories_with_topic(
+    page: &[u8],
+    topic: &str,
+) -> Result<Vec<Repository>, PluginError> {
+    #[derive(Deserialize)]
+    struct Page {
+        repositories: Vec<octocrab::models::Repository>,
+    }
+    let page: Page = serde_json::from_slice(page).map_err(|e| {
+        PluginError::failed(format!(
+            "GitHub's list of an installation's repositories does not parse: {e}"
+        ))
+    })?;
+    with_topic(page.repositories, topic)
+}
+
+fn with_topic(
+    repos: Vec<octocrab::models::Repository>,
+    topic: &str,
+) -> Result<Vec<Repository>, PluginError> {
     repos
         .into_iter()
         .filter(|r| {
@@ -294,7 +411,7 @@ mod tests {
     #[test]
     fn rate_limits_become_retry_after_with_githubs_wait() {
         let now = 1_700_000_000;
-        let check = |r| check("post a status", URL, r, now);
+        let check = |r| check("post a status", URL, r, now, Credential::Installation);
         assert_eq!(retry(check(response(429, &[("Retry-After", "7")], ""))), 7);
         assert_eq!(
             retry(check(response(403, &[("retry-after", "120")], ""))),
@@ -317,20 +434,34 @@ mod tests {
 
     #[test]
     fn refusals_say_what_to_do() {
-        let failed = |r| match check("post a status", URL, r, 0) {
+        let failed = |r, credential| match check("post a status", URL, r, 0, credential) {
             Err(PluginError::Failed(m)) => m,
             other => panic!("not failed: {other:?}"),
         };
-        let m = failed(response(401, &[], r#"{"message": "Bad credentials"}"#));
+        let bad = || response(401, &[], r#"{"message": "Bad credentials"}"#);
+        let m = failed(bad(), Credential::Token);
         assert!(
-            m.contains("GitHub at api.github.com refused the token with HTTP 401"),
+            m.starts_with(
+                "GitHub at api.github.com answered HTTP 401 to post a status: it refused the token"
+            ),
             "{m}"
         );
         assert!(m.contains("`github-token`"), "{m}");
-        let m = failed(response(403, &[("x-ratelimit-remaining", "4999")], "no"));
+        let m = failed(bad(), Credential::AppJwt);
+        assert!(
+            m.contains("`app_id`") && m.contains("`github-app-private-key`"),
+            "{m}"
+        );
+        assert!(failed(bad(), Credential::Installation).contains("uninstalled or suspended"));
+        let denied = || response(403, &[("x-ratelimit-remaining", "4999")], "no");
+        let m = failed(denied(), Credential::Token);
         assert!(m.contains("HTTP 403") && m.contains("repo:status"), "{m}");
-        assert!(failed(response(404, &[], "")).contains("HTTP 404"));
-        assert!(check("x", URL, response(201, &[], ""), 0).is_ok());
+        let m = failed(denied(), Credential::Installation);
+        assert!(m.contains("`Checks: write`"), "{m}");
+        assert!(failed(response(404, &[], ""), Credential::Token).contains("HTTP 404"));
+        let m = failed(response(404, &[], ""), Credential::AppJwt);
+        assert!(m.contains("not installed"), "{m}");
+        assert!(check("x", URL, response(201, &[], ""), 0, Credential::Token).is_ok());
     }
 
     #[test]
@@ -343,10 +474,18 @@ mod tests {
         let last = r#"<https://api.github.com/user/repos?page=1>; rel="prev", <https://api.github.com/user/repos?page=1>; rel="first""#;
         assert_eq!(next_link(last), None);
 
-        let api = Api::new("https://ghe.test/api/v3/", "t".into()).unwrap();
+        let api = Api::new("https://ghe.test/api/v3/").unwrap();
         assert_eq!(
             api.repositories_url(),
             "https://ghe.test/api/v3/user/repos?per_page=100"
+        );
+        assert_eq!(
+            api.installations_url(),
+            "https://ghe.test/api/v3/app/installations?per_page=100"
+        );
+        assert_eq!(
+            api.installation_repositories_url(),
+            "https://ghe.test/api/v3/installation/repositories?per_page=100"
         );
         let on = response(
             200,
@@ -373,7 +512,7 @@ mod tests {
             format!("{err:?}").contains("refusing to send the token"),
             "{err:?}"
         );
-        assert!(Api::new("api.github.com", "t".into()).is_err());
+        assert!(Api::new("api.github.com").is_err());
     }
 
     #[test]
@@ -408,5 +547,15 @@ mod tests {
         assert_eq!(repos[0].full_name, "kiln-example/hello-flake");
         assert_eq!(repos[0].topics, ["nix", "build-with-buildbot"]);
         assert!(repositories_with_topic(b"{}", "x").is_err());
+
+        let installation = serde_json::to_vec(&json!({
+            "total_count": 2,
+            "repositories": [other, push["repository"].clone()],
+        }))
+        .unwrap();
+        let repos = installation_repositories_with_topic(&installation, "nix").unwrap();
+        assert_eq!(repos.len(), 1);
+        assert_eq!(repos[0].full_name, "kiln-example/other");
+        assert!(installation_repositories_with_topic(&page, "nix").is_err());
     }
 }
