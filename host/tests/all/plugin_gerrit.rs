@@ -37,6 +37,10 @@ const ABANDONED: &str =
 /// REST's view of change 1234: patchset 3 is current, not the webhook's 2.
 const CHANGE: &str = include_str!("../../../plugins/gerrit/tests/fixtures/change.json");
 const CURRENT: &str = "7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d";
+/// The revision the branch update moved `main` to.
+const PUSHED: &str = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b";
+const PUSHED_COMMIT_PATH: &str =
+    "/a/projects/infra%2Fhello-flake/commits/9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b";
 const CHANGE_PATH: &str =
     "/a/changes/infra%2Fhello-flake~1234?o=CURRENT_REVISION&o=CURRENT_COMMIT&o=DETAILED_ACCOUNTS";
 
@@ -126,11 +130,24 @@ fn route(mode: Mode, method: &str, target: &str) -> (u16, String) {
             (403, "Applying label \"Verified\": -1 is restricted".into())
         }
         (_, "POST", t) if t == review => (200, json!({"labels": {}}).to_string()),
+        (_, "POST", t) if t.starts_with("/a/changes/infra%2Fhello-flake~77/") => {
+            (409, "change is abandoned".into())
+        }
         (_, "GET", CHANGE_PATH) => (200, CHANGE.to_owned()),
         (_, "GET", "/a/projects/infra%2Fhello-flake/HEAD") => (200, "\"refs/heads/trunk\"".into()),
         (_, "GET", t) if t.starts_with("/a/projects/") && t.ends_with("/HEAD") => {
             (200, "\"refs/heads/main\"".into())
         }
+        (_, "GET", PUSHED_COMMIT_PATH) => (
+            200,
+            json!({
+                "commit": PUSHED,
+                "parents": [{"commit": "0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796"}],
+                "subject": "flake.lock: update nixpkgs",
+                "message": "flake.lock: update nixpkgs\n\nChange-Id: I0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b\n"
+            })
+            .to_string(),
+        ),
         (_, "GET", "/a/accounts/1000042/groups") => (
             200,
             json!([
@@ -194,6 +211,13 @@ fn gerrit_context_with(base: &str, kv: Arc<KvStore>) -> kiln_runtime::CallContex
     )
 }
 
+/// The plugin's settings: `pairs` and `url = base`.
+fn settings(base: &str, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut settings = cfg(pairs);
+    settings.push(("url".into(), base.into()));
+    settings
+}
+
 fn webhook(path: &str, body: &[u8]) -> WebhookRequest {
     WebhookRequest {
         method: "POST".into(),
@@ -217,13 +241,11 @@ async fn handle(
     config: &[(&str, &str)],
     request: &WebhookRequest,
 ) -> Result<WebhookOutcome, WebhookError> {
-    let mut config = cfg(config);
-    config.push(("url".into(), base.into()));
     let called = rt
         .handle_webhook(
             gerrit,
             request,
-            &config,
+            &settings(base, config),
             gerrit_context(base),
             Limits::default(),
         )
@@ -239,19 +261,15 @@ async fn handle(
         .unwrap_or_else(|e| panic!("the call failed: {e}"))
 }
 
-fn one_event(outcome: WebhookOutcome) -> ChangeEvent {
+/// The one event `outcome` asks to build, or the note it was ignored with.
+fn event_or_note(outcome: WebhookOutcome) -> Result<ChangeEvent, String> {
     assert_eq!(outcome.delivery, None, "Gerrit sends no delivery id");
-    match outcome.disposition {
-        WebhookDisposition::Events(mut events) if events.len() == 1 => events.remove(0),
-        other => panic!("not one event: {other:?}"),
-    }
-}
-
-fn ignored(outcome: WebhookOutcome) -> String {
-    match outcome.disposition {
-        WebhookDisposition::Ignored(note) => note,
-        other => panic!("not ignored: {other:?}"),
-    }
+    let mut events = match outcome.disposition {
+        WebhookDisposition::Ignored(note) => return Err(note),
+        WebhookDisposition::Events(events) => events,
+    };
+    assert_eq!(events.len(), 1, "{events:?}");
+    Ok(events.remove(0))
 }
 
 fn fixture(text: &str) -> Value {
@@ -277,7 +295,7 @@ async fn a_patchset_is_built_as_rest_shows_it_not_as_the_webhook_says() {
     )
     .await
     .unwrap();
-    let ChangeEvent::PullRequest(event) = one_event(outcome) else {
+    let ChangeEvent::PullRequest(event) = event_or_note(outcome).unwrap() else {
         panic!("not a pull request")
     };
     let pr = &event.pull_request;
@@ -342,7 +360,7 @@ async fn a_patchset_is_built_as_rest_shows_it_not_as_the_webhook_says() {
     )
     .await
     .unwrap();
-    let ChangeEvent::PullRequest(event) = one_event(outcome) else {
+    let ChangeEvent::PullRequest(event) = event_or_note(outcome).unwrap() else {
         panic!("not a pull request")
     };
     assert!(!event.pull_request.author_trusted);
@@ -389,7 +407,10 @@ async fn a_wrong_or_missing_token_is_refused_before_anything_else() {
     // The right token with a query string and a trailing slash is accepted.
     let request = webhook(&format!("/{TOKEN}/?source=gerrit"), REF_UPDATED.as_bytes());
     let outcome = handle(&rt, &gerrit, &base, &[("default_branch", "main")], &request).await;
-    assert!(matches!(one_event(outcome.unwrap()), ChangeEvent::Push(_)));
+    assert!(matches!(
+        event_or_note(outcome.unwrap()).unwrap(),
+        ChangeEvent::Push(_)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -420,24 +441,26 @@ async fn malformed_and_uninteresting_events_make_no_rest_call() {
 
     let mut change_ref = fixture(REF_UPDATED);
     change_ref["refUpdate"]["refName"] = "refs/changes/34/1234/3".into();
-    let note = ignored(
+    let note = event_or_note(
         handle(&rt, &gerrit, &base, &[], &json_webhook(&change_ref))
             .await
             .unwrap(),
-    );
+    )
+    .unwrap_err();
     assert!(
         note.starts_with("refs/changes/34/1234/3 is a change's"),
         "{note}"
     );
     let mut deleted = fixture(REF_UPDATED);
     deleted["refUpdate"]["newRev"] = "0".repeat(40).into();
-    let note = ignored(
+    let note = event_or_note(
         handle(&rt, &gerrit, &base, &[], &json_webhook(&deleted))
             .await
             .unwrap(),
-    );
+    )
+    .unwrap_err();
     assert_eq!(note, "refs/heads/main was deleted: nothing to build");
-    let note = ignored(
+    let note = event_or_note(
         handle(
             &rt,
             &gerrit,
@@ -447,7 +470,8 @@ async fn malformed_and_uninteresting_events_make_no_rest_call() {
         )
         .await
         .unwrap(),
-    );
+    )
+    .unwrap_err();
     assert_eq!(note, "Gerrit event `reviewer-added` needs no build");
     assert!(
         received.recv_timeout(Duration::from_millis(300)).is_err(),
@@ -469,17 +493,50 @@ async fn a_branch_update_is_a_push_with_the_projects_head_as_default() {
     )
     .await
     .unwrap();
-    let ChangeEvent::Push(push) = one_event(outcome) else {
+    let ChangeEvent::Push(push) = event_or_note(outcome).unwrap() else {
         panic!("not a push")
     };
     assert_eq!(push.git_ref, "refs/heads/main");
     assert_eq!(push.branch.as_deref(), Some("main"));
     assert_eq!(push.before, "0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796");
-    assert_eq!(push.rev, "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b");
+    assert_eq!(push.rev, PUSHED);
     assert_eq!(push.repository.full_name, "infra/hello-flake");
     assert_eq!(push.repository.default_branch, "trunk");
+    assert!(
+        push.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("flake.lock: update nixpkgs\n")),
+        "{:?}",
+        push.message
+    );
     let targets: Vec<String> = received.try_iter().map(|r| r.target).collect();
-    assert_eq!(targets, ["/a/projects/infra%2Fhello-flake/HEAD"]);
+    assert_eq!(
+        targets,
+        ["/a/projects/infra%2Fhello-flake/HEAD", PUSHED_COMMIT_PATH]
+    );
+
+    // A tag is a push without a branch; a commit Gerrit does not show is
+    // built without its message.
+    let mut tag = fixture(REF_UPDATED);
+    tag["refUpdate"]["refName"] = "refs/tags/v1.0".into();
+    tag["refUpdate"]["newRev"] = CURRENT.into();
+    let outcome = handle(
+        &rt,
+        &gerrit,
+        &base,
+        &[("default_branch", "main")],
+        &json_webhook(&tag),
+    )
+    .await
+    .unwrap();
+    let ChangeEvent::Push(push) = event_or_note(outcome).unwrap() else {
+        panic!("not a push")
+    };
+    assert_eq!(
+        (push.git_ref.as_str(), push.branch),
+        ("refs/tags/v1.0", None)
+    );
+    assert_eq!(push.message, None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -527,21 +584,23 @@ async fn gerrit_down_asks_to_retry_and_a_missing_change_is_ignored() {
     let (base, _received) = fake_gerrit(Mode::Normal).await;
     let mut gone = fixture(PATCHSET);
     gone["change"]["number"] = 999.into();
-    let note = ignored(
+    let note = event_or_note(
         handle(&rt, &gerrit, &base, &[], &json_webhook(&gone))
             .await
             .unwrap(),
-    );
+    )
+    .unwrap_err();
     assert!(
         note.contains("HTTP 404 to read change infra/hello-flake~999"),
         "{note}"
     );
     // REST shows change 1234 open, so an abandonment is stale.
-    let note = ignored(
+    let note = event_or_note(
         handle(&rt, &gerrit, &base, &[], &json_webhook(&fixture(ABANDONED)))
             .await
             .unwrap(),
-    );
+    )
+    .unwrap_err();
     assert_eq!(
         note,
         "change-abandoned for change infra/hello-flake~1234, but Gerrit now shows it NEW: \
@@ -600,17 +659,12 @@ async fn report_status_with(
     report: &StatusReport,
     kv: Arc<KvStore>,
 ) -> Result<(), CallError> {
-    let mut config = cfg(config);
-    config.push(("url".into(), base.into()));
-    rt.report_status(
-        gerrit,
-        report,
-        &config,
-        gerrit_context_with(base, kv),
-        Limits::default(),
-    )
-    .await
-    .result
+    let settings = settings(base, config);
+    let context = gerrit_context_with(base, kv);
+    let called = rt
+        .report_status(gerrit, report, &settings, context, Limits::default())
+        .await;
+    called.result
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -760,6 +814,20 @@ async fn refused_and_failing_reviews_say_what_happened_without_the_password() {
     assert!(
         !message.contains(PASSWORD) && !message.contains("a2lsbi1i"),
         "{message}"
+    );
+
+    // A vote on a change abandoned meanwhile is refused with 409: nothing to
+    // fix, so the report succeeds after the attempt.
+    let (base, received) = fake_gerrit(Mode::Normal).await;
+    let mut abandoned = failed.clone();
+    abandoned.pull_request = Some(77);
+    report_status(&rt, &gerrit, &base, &[], &abandoned)
+        .await
+        .unwrap();
+    let request = received.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        request.target,
+        format!("/a/changes/infra%2Fhello-flake~77/revisions/{CURRENT}/review")
     );
 
     let (down, _received) = fake_gerrit(Mode::Down).await;

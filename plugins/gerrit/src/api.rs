@@ -78,6 +78,14 @@ impl Api {
         self.request("GET", &format!("/a/projects/{}/HEAD", encode(project)))
     }
 
+    /// `GET /a/projects/{project}/commits/{rev}`.
+    pub fn commit(&self, project: &str, rev: &str) -> Request {
+        self.request(
+            "GET",
+            &format!("/a/projects/{}/commits/{}", encode(project), encode(rev)),
+        )
+    }
+
     /// One page of `GET /a/projects/`: active code projects with their
     /// descriptions, `limit` from `skip`.
     pub fn projects(&self, skip: usize, limit: usize) -> Request {
@@ -165,6 +173,7 @@ pub struct Revision {
     pub commit: Option<Commit>,
 }
 
+/// A `CommitInfo`, as a revision's `commit` or `GET …/commits/{rev}`.
 #[derive(Debug, Deserialize)]
 pub struct Commit {
     pub message: Option<String>,
@@ -203,21 +212,36 @@ pub struct Project {
 /// Why a request to Gerrit did not give an answer to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// Worth retrying after the wait: unreachable, 429, 5xx, or Kiln's own
-    /// credentials refused (401/403) on a webhook.
+    /// Worth retrying after the wait: unreachable, 429 or 5xx.
     Retry(Retry),
+    /// HTTP 401 or 403: Kiln's account or its permissions need fixing. A
+    /// webhook waits for the fix ([`REFUSED_RETRY_SECS`]); a report fails.
+    Refused(String),
     /// HTTP 404: the change or project does not exist, or the account
     /// cannot see it.
     NotFound(String),
+    /// HTTP 409: the change's state forbids it (a vote on an abandoned
+    /// change).
+    Conflict(String),
     /// Anything else.
     Failed(String),
 }
 
+impl Failure {
+    /// The message of a failure that is not a retry.
+    pub fn message(self) -> Result<String, Retry> {
+        match self {
+            Self::Retry(retry) => Err(retry),
+            Self::Refused(m) | Self::NotFound(m) | Self::Conflict(m) | Self::Failed(m) => Ok(m),
+        }
+    }
+}
+
 impl From<Failure> for PluginError {
     fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Retry(retry) => PluginError::RetryAfter(retry),
-            Failure::NotFound(message) | Failure::Failed(message) => PluginError::Failed(message),
+        match failure.message() {
+            Ok(message) => PluginError::Failed(message),
+            Err(retry) => PluginError::RetryAfter(retry),
         }
     }
 }
@@ -240,55 +264,30 @@ pub fn unreachable(what: &str, url: &str, error: &HttpError) -> Failure {
 }
 
 /// `response` when it is 2xx, else why not. `what` says what the request
-/// was for (`read change infra/tools~12`); `refused_retry` says whether a
-/// 401 or 403 is retried (a webhook: the event is authentic and waits for
-/// fixed credentials) or fails (a report).
-pub fn check(
-    what: &str,
-    url: &str,
-    response: Response,
-    refused_retry: bool,
-) -> Result<Response, Failure> {
+/// was for (`read change infra/tools~12`).
+pub fn check(what: &str, url: &str, response: Response) -> Result<Response, Failure> {
     let status = response.status;
     if (200..300).contains(&status) {
         return Ok(response);
     }
     let host = host_of(url);
-    let body = excerpt(&response.body);
-    let detail = if body.is_empty() {
-        String::new()
-    } else {
-        format!(": {body}")
-    };
+    let detail = detail(&response.body);
     let refused = |advice: &str| {
         format!("Gerrit at {host} answered HTTP {status} to {what}{detail}; {advice}")
     };
     Err(match status {
-        401 => {
-            let message = refused(
-                "it refused the account: check secrets `gerrit-username` and `gerrit-password` \
-                 (the HTTP password from Settings → HTTP Credentials, not the sign-in password)",
-            );
-            if refused_retry {
-                retry(REFUSED_RETRY_SECS, message)
-            } else {
-                Failure::Failed(message)
-            }
-        }
-        403 => {
-            let message = refused(
-                "the account lacks the permission; it needs Read on the project and, to report, \
-                 the label's vote range (-1..+1) on its branches",
-            );
-            if refused_retry {
-                retry(REFUSED_RETRY_SECS, message)
-            } else {
-                Failure::Failed(message)
-            }
-        }
+        401 => Failure::Refused(refused(
+            "it refused the account: check secrets `gerrit-username` and `gerrit-password` (the \
+             HTTP password from Settings → HTTP Credentials, not the sign-in password)",
+        )),
+        403 => Failure::Refused(refused(
+            "the account lacks the permission; it needs Read on the project and, to report, the \
+             label's vote range (-1..+1) on its branches",
+        )),
         404 => Failure::NotFound(refused(
             "it does not exist, or the account in secret `gerrit-username` cannot see it",
         )),
+        409 => Failure::Conflict(refused("the change's state does not allow it")),
         429 | 500..=599 => retry(retry_secs(&response), refused("retrying later")),
         _ => Failure::Failed(format!(
             "Gerrit at {host} answered HTTP {status} to {what} ({url}){detail}"
@@ -305,14 +304,20 @@ fn retry_secs(response: &Response) -> u32 {
         .clamp(1, MAX_RETRY_SECS)
 }
 
-/// The start of an error body on one line, without Gerrit's `)]}'`.
-fn excerpt(body: &[u8]) -> String {
+/// `: ` and the start of an error body on one line, without Gerrit's
+/// `)]}'`; empty for an empty body.
+fn detail(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    let text = text.trim_start().trim_start_matches(")]}'");
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let words: Vec<&str> = text
+        .trim_start()
+        .trim_start_matches(")]}'")
+        .split_whitespace()
+        .collect();
+    let line = words.join(" ");
     match line.char_indices().nth(BODY_EXCERPT) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line,
+        _ if line.is_empty() => line,
+        Some((cut, _)) => format!(": {}…", &line[..cut]),
+        None => format!(": {line}"),
     }
 }
 
@@ -320,14 +325,16 @@ fn excerpt(body: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
+    /// An answer with `status`, `body` and perhaps a `Retry-After`.
+    fn response(status: u16, retry_after: Option<&str>, body: &str) -> Response {
+        let headers = retry_after
+            .map(|v| ("Retry-After".to_owned(), v.as_bytes().to_vec()))
+            .into_iter()
+            .collect();
         Response {
             status,
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
+            headers,
+            body: body.into(),
         }
     }
 
@@ -358,12 +365,12 @@ mod tests {
 
     #[test]
     fn statuses_become_retries_or_clear_failures() {
-        let busy = check("x", URL, response(429, &[("Retry-After", "7")], ""), false);
+        let busy = check("x", URL, response(429, Some("7"), ""));
         assert!(
             matches!(&busy, Err(Failure::Retry(r)) if r.seconds == 7),
             "{busy:?}"
         );
-        let down = check("x", URL, response(503, &[], ")]}'\nmaintenance"), false);
+        let down = check("x", URL, response(503, None, ")]}'\nmaintenance"));
         assert!(
             matches!(&down, Err(Failure::Retry(r)) if r.seconds == DEFAULT_RETRY_SECS
                 && r.reason.contains("HTTP 503") && r.reason.contains(": maintenance")),
@@ -371,9 +378,9 @@ mod tests {
         );
         for status in [401, 403] {
             let what = "post a review on infra/tools~12";
-            let Err(Failure::Failed(message)) = check(what, URL, response(status, &[], ""), false)
+            let Err(Failure::Refused(message)) = check(what, URL, response(status, None, ""))
             else {
-                panic!("{status} is not a failure")
+                panic!("{status} is not a refusal")
             };
             assert!(
                 message.starts_with(&format!(
@@ -381,19 +388,17 @@ mod tests {
                 )),
                 "{message}"
             );
-            let Err(Failure::Retry(retry)) = check(what, URL, response(status, &[], ""), true)
-            else {
-                panic!("{status} on a webhook is not retried")
-            };
-            assert_eq!(retry.seconds, REFUSED_RETRY_SECS);
         }
         assert!(matches!(
-            check("x", URL, response(404, &[], "Not found: x~1"), false),
+            check("x", URL, response(404, None, "Not found: x~1")),
             Err(Failure::NotFound(_))
         ));
+        assert!(matches!(
+            check("x", URL, response(409, None, "change is abandoned")),
+            Err(Failure::Conflict(m)) if m.ends_with(": change is abandoned; the change's state does not allow it")
+        ));
         let long = "y".repeat(500);
-        let Err(Failure::Failed(message)) = check("x", URL, response(400, &[], &long), false)
-        else {
+        let Err(Failure::Failed(message)) = check("x", URL, response(400, None, &long)) else {
             panic!("not a failure")
         };
         assert!(
