@@ -346,6 +346,24 @@ async fn a_patchset_is_built_as_rest_shows_it_not_as_the_webhook_says() {
         );
     }
 
+    // A group is named by name or by UUID (shown URL-encoded); membership
+    // of another group is no trust.
+    for (group, trusted) in [("global:Registered-Users", true), ("Administrators", false)] {
+        let outcome = handle(
+            &rt,
+            &gerrit,
+            &base,
+            &[("trusted_group", group), ("default_branch", "main")],
+            &json_webhook(&fixture(PATCHSET)),
+        )
+        .await;
+        let ChangeEvent::PullRequest(event) = event_or_note(outcome.unwrap()).unwrap() else {
+            panic!("not a pull request")
+        };
+        assert_eq!(event.pull_request.author_trusted, trusted, "{group}");
+    }
+    received.try_iter().for_each(drop);
+
     // Without `trusted_group` nobody is trusted, and groups are not asked;
     // a configured default branch spares the HEAD request.
     let outcome = handle(
@@ -869,11 +887,14 @@ async fn projects_are_discovered_by_marker_or_by_name() {
         ]
     );
 
-    let found = list(cfg(&[("url", &base), ("projects", "tools, infra/d*")])).await;
-    let names: Vec<&str> = found.iter().map(|r| r.full_name.as_str()).collect();
-    assert_eq!(names, ["infra/docs", "tools"]);
-    assert_eq!(found[1].clone_url, format!("{base}/tools"));
-    assert_eq!(found[1].owner, "");
+    for patterns in ["tools, infra/d*", r#"["tools", "infra/d*"]"#] {
+        let found = list(cfg(&[("url", &base), ("discover_projects", patterns)])).await;
+        let names: Vec<&str> = found.iter().map(|r| r.full_name.as_str()).collect();
+        assert_eq!(names, ["infra/docs", "tools"], "{patterns}");
+    }
+    let found = list(cfg(&[("url", &base), ("discover_projects", "tools")])).await;
+    assert_eq!(found[0].clone_url, format!("{base}/tools"));
+    assert_eq!(found[0].owner, "");
 }
 
 #[tokio::test(flavor = "multi_thread")]

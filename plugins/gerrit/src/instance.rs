@@ -134,7 +134,10 @@ impl Instance {
         };
         Ok(groups
             .iter()
-            .any(|g| g.id == group || g.name.as_deref() == Some(group)))
+            // Gerrit shows a UUID URL-encoded (`global%3ARegistered-Users`).
+            .any(|g| {
+                g.id == group || g.id == api::encode(group) || g.name.as_deref() == Some(group)
+            }))
     }
 
     /// The pull-request event for change `number` of `project`, as REST

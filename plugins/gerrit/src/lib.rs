@@ -36,9 +36,11 @@
 //!   starts, once per revision (remembered in the kv store). A 409 (the
 //!   change was closed meanwhile) is logged, not failed.
 //! - Discovery: `GET /a/projects/?d&type=CODE&state=ACTIVE`, 500 a page,
-//!   keeping the projects matching setting `projects` (comma-separated
-//!   names, `*` as a wildcard) or, without it, those whose description
-//!   contains setting `marker` (`build-with-buildbot`, buildbot-nix's topic).
+//!   keeping the projects matching setting `discover_projects` (a list or
+//!   comma-separated names, `*` as a wildcard) or, without it, those whose
+//!   description contains setting `marker` (`build-with-buildbot`,
+//!   buildbot-nix's topic). (`projects` is the host's own key of
+//!   `[forges.<instance>]` and never reaches the plugin.)
 //! - Repositories: `full_name` is the project (`owner` its parent path,
 //!   `name` its last segment), `clone_url` `{git_url}/{project}` (`git_url`
 //!   defaults to `url`; `{url}/a` makes Gerrit ask for the password at
@@ -100,6 +102,24 @@ fn notify(config: &Config) -> Result<&str, PluginError> {
         )));
     }
     Ok(notify)
+}
+
+/// Setting `discover_projects`: a TOML array (passed as JSON) or one
+/// comma-separated string.
+fn discover_projects(config: &Config) -> Result<Vec<String>, PluginError> {
+    let Some(text) = config.get("discover_projects") else {
+        return Ok(Vec::new());
+    };
+    let patterns = if text.trim_start().starts_with('[') {
+        config.get_list("discover_projects")?
+    } else {
+        text.split(',').map(str::to_owned).collect()
+    };
+    Ok(patterns
+        .iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect())
 }
 
 /// Whether `name` matches `pattern`, where `*` stands for any text.
@@ -189,14 +209,16 @@ impl Forge for Gerrit {
             Some("false"),
         )
         .optional_config(
-            "projects",
-            "Comma-separated projects to build, `*` as a wildcard; unset, projects whose \
-             description contains `marker`",
+            "discover_projects",
+            "Projects discovery lists, `*` as a wildcard (a list, or comma-separated); unset, \
+             projects whose description contains `marker` (the instance's own `projects` key \
+             is the host's)",
             None,
         )
         .optional_config(
             "marker",
-            "Without `projects`, build projects whose description contains this",
+            "Without `discover_projects`, discovery lists projects whose description contains \
+             this",
             Some(DEFAULT_MARKER),
         )
     }
@@ -308,15 +330,7 @@ impl Forge for Gerrit {
 
     fn list_repositories(config: Config) -> Result<Vec<Repository>, PluginError> {
         let instance = Instance::new(&config)?;
-        let patterns: Vec<&str> = config
-            .get("projects")
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let patterns = discover_projects(&config)?;
         let marker = config.get("marker").unwrap_or(DEFAULT_MARKER);
         let mut names = Vec::new();
         let mut pages = 0;
@@ -392,7 +406,23 @@ export_forge!(Gerrit);
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::*;
+
+    #[test]
+    fn discovered_projects_are_a_list_or_comma_separated() {
+        let config = |value: &str| Config::from_iter([("discover_projects", value)]);
+        let expected = ["tools", "infra/*"];
+        assert_eq!(
+            discover_projects(&config("tools, infra/*,")).unwrap(),
+            expected
+        );
+        assert_eq!(
+            discover_projects(&config(r#"["tools", " infra/*"]"#)).unwrap(),
+            expected
+        );
+        assert!(discover_projects(&config("[tools")).is_err());
+        assert!(discover_projects(&Config::default()).unwrap().is_empty());
+    }
 
     #[test]
     fn project_patterns() {
