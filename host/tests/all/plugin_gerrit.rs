@@ -70,8 +70,8 @@ struct FakeState {
     received: mpsc::Sender<Received>,
 }
 
-/// A loopback server speaking Gerrit's REST shapes, every answer behind
-/// `)]}'` (see [`route`]). Every request is sent on the channel before it
+/// A loopback server speaking Gerrit's REST shapes, every JSON answer
+/// behind `)]}'` (see [`route`]). Every request is sent on the channel before it
 /// is answered.
 async fn fake_gerrit(mode: Mode) -> (String, mpsc::Receiver<Received>) {
     let (received, rx) = mpsc::channel();
@@ -91,9 +91,8 @@ async fn gerrit_answers(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let target = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    // A server sees the origin form: the path and the query.
+    let target = uri.to_string();
     let (status, text) = route(fake.mode, method.as_str(), &target);
     let _ = fake.received.send(Received {
         method: method.to_string(),
@@ -104,10 +103,17 @@ async fn gerrit_answers(
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
     });
+    // JSON answers start with the line against script inclusion; errors
+    // are plain text.
+    let (content_type, body) = if status == 200 {
+        ("application/json; charset=utf-8", format!(")]}}'\n{text}"))
+    } else {
+        ("text/plain; charset=utf-8", text)
+    };
     let mut response = (
         StatusCode::from_u16(status).unwrap(),
-        [("content-type", "application/json; charset=utf-8")],
-        format!(")]}}'\n{text}"),
+        [("content-type", content_type)],
+        body,
     )
         .into_response();
     if fake.mode == Mode::Down {

@@ -13,18 +13,16 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use kiln_plugin_sdk::http::{HttpError, Request, Response};
-use kiln_plugin_sdk::status::host_of;
+use kiln_plugin_sdk::status::{self, host_of};
 use kiln_plugin_sdk::{PluginError, Retry};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-/// The wait asked for when Gerrit is down or busy and does not say how long.
+/// The wait asked for when Gerrit cannot be reached.
 pub const DEFAULT_RETRY_SECS: u32 = 30;
 /// The wait asked for when Gerrit refuses Kiln's own credentials: the event
 /// is authentic, and it is handled once the operator fixes them.
 pub const REFUSED_RETRY_SECS: u32 = 300;
-/// The longest wait honoured from a `Retry-After` header.
-const MAX_RETRY_SECS: u32 = 3600;
 /// How much of an error body a message quotes.
 const BODY_EXCERPT: usize = 200;
 /// Gerrit's prefix against cross-site script inclusion.
@@ -288,20 +286,14 @@ pub fn check(what: &str, url: &str, response: Response) -> Result<Response, Fail
             "it does not exist, or the account in secret `gerrit-username` cannot see it",
         )),
         409 => Failure::Conflict(refused("the change's state does not allow it")),
-        429 | 500..=599 => retry(retry_secs(&response), refused("retrying later")),
-        _ => Failure::Failed(format!(
-            "Gerrit at {host} answered HTTP {status} to {what} ({url}){detail}"
-        )),
+        // 429 and 5xx are retried after `Retry-After` (else 30 s), anything
+        // else fails, as the SDK words it.
+        _ => match status::check("Gerrit", what, url, response) {
+            Err(PluginError::RetryAfter(retry)) => Failure::Retry(retry),
+            Err(PluginError::Failed(message)) => Failure::Failed(message),
+            Ok(_) => unreachable!("HTTP {status} is not a success"),
+        },
     })
-}
-
-/// The wait `Retry-After` asks for (seconds), else [`DEFAULT_RETRY_SECS`].
-fn retry_secs(response: &Response) -> u32 {
-    response
-        .header("retry-after")
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(DEFAULT_RETRY_SECS)
-        .clamp(1, MAX_RETRY_SECS)
 }
 
 /// `: ` and the start of an error body on one line, without Gerrit's
@@ -370,7 +362,7 @@ mod tests {
             matches!(&busy, Err(Failure::Retry(r)) if r.seconds == 7),
             "{busy:?}"
         );
-        let down = check("x", URL, response(503, None, ")]}'\nmaintenance"));
+        let down = check("x", URL, response(503, None, "maintenance"));
         assert!(
             matches!(&down, Err(Failure::Retry(r)) if r.seconds == DEFAULT_RETRY_SECS
                 && r.reason.contains("HTTP 503") && r.reason.contains(": maintenance")),
