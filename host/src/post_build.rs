@@ -61,6 +61,13 @@ pub struct RunContext {
 pub struct PluginSteps {
     host: Arc<PluginHost>,
     context: Mutex<RunContext>,
+    /// The project name for grants and plugins; `None` = FLAKE as given.
+    project: Option<String>,
+    /// Run every step on cached jobs too (`kiln serve` re-running a run
+    /// whose steps may not have finished: uploads check presence first).
+    rerun_on_cached: bool,
+    /// Print which steps run on stderr (`kiln run`).
+    announce: bool,
 }
 
 impl PluginSteps {
@@ -69,6 +76,20 @@ impl PluginSteps {
         PluginSteps {
             host,
             context: Mutex::new(RunContext::default()),
+            project: None,
+            rerun_on_cached: false,
+            announce: true,
+        }
+    }
+
+    /// Steps of a `kiln serve` run of `project`; `rerun_on_cached` runs the
+    /// steps on cached jobs too (a resumed, approved or rebuilt run).
+    pub fn for_service(host: Arc<PluginHost>, project: String, rerun_on_cached: bool) -> Self {
+        PluginSteps {
+            project: Some(project),
+            rerun_on_cached,
+            announce: false,
+            ..PluginSteps::new(host)
         }
     }
 
@@ -111,7 +132,7 @@ impl PluginSteps {
             message,
         };
         let cached = job.status == JobStatus::Cached;
-        if cached && !step.on_cached {
+        if cached && !step.on_cached && !self.rerun_on_cached {
             return result(
                 PostBuildStatus::Skipped,
                 "outputs were cached; set on_cached = true to run anyway".into(),
@@ -228,10 +249,10 @@ impl PluginSteps {
 
 impl PostBuildHook for PluginSteps {
     fn prepare(&self, run: &PreparedRun<'_>) {
-        let project = run.flake.to_owned();
+        let project = self.project.clone().unwrap_or_else(|| run.flake.to_owned());
         let steps = select_steps(&self.host.config.post_build, &project, &run.steps.steps);
         let summary = summary(&steps, &run.steps.source);
-        if !steps.is_empty() || run.steps.source != StepsSource::Checkout {
+        if self.announce && (!steps.is_empty() || run.steps.source != StepsSource::Checkout) {
             eprintln!("kiln run: {summary}");
         }
         self.set_context(RunContext {

@@ -143,6 +143,9 @@ impl Driver {
                 res = &mut eval_task, if eval_result.is_none() => {
                     let res = res.unwrap_or(Err(EvalError::Cancelled));
                     let failed = res.is_err();
+                    if let Some(o) = &self.cfg.observer {
+                        o.evaluated(res.as_ref());
+                    }
                     eval_result = Some(res);
                     // Drain jobs still buffered, then stop holding any back.
                     let mut rest = Vec::new();

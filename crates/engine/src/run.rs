@@ -48,6 +48,9 @@ pub trait RunObserver: Send + Sync {
     /// post-build results. `index` is its position in evaluation order,
     /// stable for the run; `job.status` is live (`queued`, `running`, …).
     fn job(&self, index: u32, job: &JobReport);
+
+    /// Evaluation ended: the totals, or why the whole flake failed.
+    fn evaluated(&self, _result: Result<&EvalSummary, &EvalError>) {}
 }
 
 /// What [`PostBuildHook::prepare`] learns about the run.

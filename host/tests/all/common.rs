@@ -178,3 +178,39 @@ pub fn report(out: &std::process::Output) -> serde_json::Value {
         )
     })
 }
+
+/// Start `tests/servers/<script>` with `args` (stderr to `log`, or
+/// inherited) and read the port it prints as its first line.
+pub fn python_server(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    log: Option<&std::path::Path>,
+) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/servers")
+        .join(script);
+    let mut cmd = Command::new("python3");
+    cmd.arg(&path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    if let Some(log) = log {
+        cmd.stderr(std::fs::File::create(log).unwrap());
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 {}: {e}", path.display()));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().parse() {
+        Ok(port) => (child, port),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{script} printed no port: {line:?}")
+        }
+    }
+}

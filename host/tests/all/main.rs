@@ -20,3 +20,5 @@ mod post_build_policy;
 mod run_cli;
 mod run_post_build;
 mod serve;
+mod serve_pipeline;
+mod service;

@@ -8,9 +8,8 @@
 //! the build.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 
 use kiln::seaweed::{ACCESS_KEY_ID, SECRET_ACCESS_KEY, Seaweed};
@@ -359,23 +358,10 @@ struct HttpStore {
 impl HttpStore {
     fn start(args: &[&str]) -> Self {
         let root = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/servers/http_store.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(root.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        HttpStore {
-            port: line.trim().parse().expect("the server prints its port"),
-            root,
-            child,
-        }
+        let mut argv: Vec<&std::ffi::OsStr> = vec![root.path().as_os_str()];
+        argv.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        let (child, port) = crate::common::python_server("http_store.py", &argv, None);
+        HttpStore { port, root, child }
     }
 
     fn url(&self) -> String {

@@ -426,7 +426,7 @@ async fn resolve_project(
 }
 
 /// Clone credentials from the plugin, `None` for a public repository.
-async fn credentials(
+pub(crate) async fn credentials(
     p: &Pipeline,
     instance: &str,
     repo: &kiln_runtime::bindings::forge_types::Repository,

@@ -504,3 +504,463 @@ pub async fn attach(db: &Database, a: &Attach) -> Result<Attached, sqlx::Error> 
         Ok(Attached { run, created, stopped })
     })
 }
+
+/// Queued runs (id, project), oldest first.
+pub async fn queued_runs(db: &Database, limit: i64) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query_as("SELECT id, project_id FROM runs WHERE state = 'queued' ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    })
+}
+
+/// A run as the runner needs it.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    /// Row id.
+    pub id: i64,
+    /// Project id.
+    pub project: i64,
+    /// The commit to evaluate.
+    pub rev: String,
+    /// Branch built (a pull request's head branch).
+    pub branch: Option<String>,
+    /// Pull request number.
+    pub pull_request: Option<i64>,
+    /// May use secrets.
+    pub trusted: bool,
+    /// Run post-build steps on cached jobs too.
+    pub rerun_steps: bool,
+    /// This start's number (1 for the first).
+    pub attempts: i64,
+}
+
+type RunTuple = (i64, i64, String, Option<String>, Option<i64>, i64, i64, i64);
+
+/// Move run `id` from `queued` to `running`; `None` when someone else did.
+pub async fn claim_run(db: &Database, id: i64) -> Result<Option<RunRow>, sqlx::Error> {
+    let row: Option<RunTuple> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "UPDATE runs SET state = 'running', attempts = attempts + 1, started_at = $2, \
+             evaluated_at = NULL, error = NULL WHERE id = $1 AND state = 'queued' \
+             RETURNING id, project_id, rev, branch, pull_request, trusted, rerun_steps, attempts",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .fetch_optional(pool)
+        .await
+    })?;
+    Ok(row.map(|t| RunRow {
+        id: t.0,
+        project: t.1,
+        rev: t.2,
+        branch: t.3,
+        pull_request: t.4,
+        trusted: t.5 != 0,
+        rerun_steps: t.6 != 0,
+        attempts: t.7,
+    }))
+}
+
+/// Evaluation of run `id` ended, with the whole-flake error if any.
+pub async fn set_evaluated(db: &Database, id: i64, error: Option<&str>) -> Result<(), sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query("UPDATE runs SET evaluated_at = $2, error = COALESCE($3, error) WHERE id = $1")
+            .bind(id)
+            .bind(now_ms())
+            .bind(error)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+}
+
+/// One job update to write.
+#[derive(Debug, Clone)]
+pub struct JobWrite {
+    /// Position in evaluation order.
+    pub idx: u32,
+    /// The job as it stands.
+    pub job: kiln_engine::report::JobReport,
+    /// When it started running (Unix ms).
+    pub started_at: Option<i64>,
+    /// When it reached a final status (Unix ms).
+    pub finished_at: Option<i64>,
+}
+
+/// Insert or update jobs of run `run`, in one transaction.
+pub async fn write_jobs(db: &Database, run: i64, jobs: &[JobWrite]) -> Result<(), sqlx::Error> {
+    with_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for w in jobs {
+            let j = &w.job;
+            let status = serde_json::to_value(j.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let post_build = (!j.post_build.is_empty())
+                .then(|| serde_json::to_string(&j.post_build).unwrap_or_default());
+            sqlx::query(
+                "INSERT INTO jobs (run_id, idx, attr, system, drv_path, status, error, \
+                 failed_dependency, attempts, duration_ms, started_at, finished_at, log_path, \
+                 post_build, outputs) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT (run_id, attr) DO UPDATE SET idx = excluded.idx, \
+                 system = excluded.system, drv_path = excluded.drv_path, status = excluded.status, \
+                 error = excluded.error, failed_dependency = excluded.failed_dependency, \
+                 attempts = excluded.attempts, duration_ms = excluded.duration_ms, \
+                 started_at = excluded.started_at, finished_at = excluded.finished_at, \
+                 log_path = COALESCE(excluded.log_path, jobs.log_path), \
+                 post_build = excluded.post_build, outputs = excluded.outputs",
+            )
+            .bind(run)
+            .bind(i64::from(w.idx))
+            .bind(&j.attr)
+            .bind(&j.system)
+            .bind(&j.drv_path)
+            .bind(status)
+            .bind(&j.error)
+            .bind(&j.failed_dependency)
+            .bind(i64::from(j.attempts))
+            .bind(j.duration_ms as i64)
+            .bind(w.started_at)
+            .bind(w.finished_at)
+            .bind(&j.log_path)
+            .bind(post_build)
+            .bind(serde_json::to_string(&j.outputs).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    })
+}
+
+/// Record the end of run `id`'s start number `attempt`, unless the run
+/// changed meanwhile (cancelled, queued again). Returns whether it was.
+pub async fn finish_run(
+    db: &Database,
+    id: i64,
+    attempt: i64,
+    state: &str,
+    error: Option<&str>,
+    summary: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query(
+            "UPDATE runs SET state = $3, error = COALESCE($4, error), summary = $5, \
+             finished_at = $6, rerun_steps = 0 \
+             WHERE id = $1 AND attempts = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(state)
+        .bind(error)
+        .bind(summary)
+        .bind(now_ms())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() > 0)
+    })
+}
+
+/// Runs with an active target that are not long finished: their statuses
+/// are recomputed once at start.
+pub async fn runs_with_active_targets(db: &Database) -> Result<Vec<i64>, sqlx::Error> {
+    let since = now_ms() - 24 * 3600 * 1000;
+    with_pool!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT DISTINCT r.id FROM runs r JOIN targets t ON t.run_id = r.id \
+             WHERE t.state = 'active' AND (r.finished_at IS NULL OR r.finished_at > $1)",
+        )
+        .bind(since)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+/// What run `id`'s statuses show; at most `max_failed` failed jobs listed.
+pub async fn run_facts(
+    db: &Database,
+    id: i64,
+    max_failed: usize,
+) -> Result<Option<super::report::RunFacts>, sqlx::Error> {
+    type Row = (String, Option<String>, Option<i64>, i64, Option<String>);
+    let row: Option<Row> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT state, error, evaluated_at, needs_approval, approved_by FROM runs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+    })?;
+    let Some((state, error, evaluated_at, held, approved_by)) = row else {
+        return Ok(None);
+    };
+    let counts: Vec<(String, i64)> = with_pool!(db, pool => {
+        sqlx::query_as("SELECT status, COUNT(*) FROM jobs WHERE run_id = $1 GROUP BY status")
+            .bind(id)
+            .fetch_all(pool)
+            .await
+    })?;
+    let failed: Vec<(i64, String, String, Option<String>)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT id, attr, status, error FROM jobs WHERE run_id = $1 \
+             AND status IN ('failed', 'timed_out', 'eval_error') ORDER BY idx LIMIT $2",
+        )
+        .bind(id)
+        .bind(max_failed.max(50) as i64)
+        .fetch_all(pool)
+        .await
+    })?;
+    Ok(Some(super::report::RunFacts {
+        id,
+        state,
+        error,
+        evaluated: evaluated_at.is_some(),
+        needs_approval: held != 0,
+        approved_by,
+        counts: counts.into_iter().collect(),
+        failed,
+    }))
+}
+
+/// Active targets of run `run`: (id, is a pull request).
+pub async fn active_targets(db: &Database, run: i64) -> Result<Vec<(i64, bool)>, sqlx::Error> {
+    let rows: Vec<(i64, String)> = with_pool!(db, pool => {
+        sqlx::query_as("SELECT id, kind FROM targets WHERE run_id = $1 AND state = 'active'")
+            .bind(run)
+            .fetch_all(pool)
+            .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, kind)| (id, kind == "pull_request"))
+        .collect())
+}
+
+/// Make target `target`'s statuses `want`: changed ones get a new version.
+/// A per-attribute failure no longer in `want` once the build status is
+/// final turns into a success (it passed when run again).
+pub async fn upsert_statuses(
+    db: &Database,
+    target: i64,
+    want: &[super::report::Desired],
+) -> Result<(), sqlx::Error> {
+    let build_final = want
+        .iter()
+        .any(|d| d.context == "kiln/nix-build" && d.state != "pending");
+    let contexts: Vec<&str> = want.iter().map(|d| d.context.as_str()).collect();
+    let now = now_ms();
+    with_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for d in want {
+            sqlx::query(
+                "INSERT INTO statuses (target_id, context, state, description, target_url, summary, \
+                 failures, version, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) \
+                 ON CONFLICT (target_id, context) DO UPDATE SET state = excluded.state, \
+                 description = excluded.description, target_url = excluded.target_url, \
+                 summary = excluded.summary, failures = excluded.failures, \
+                 version = statuses.version + 1 \
+                 WHERE statuses.state <> excluded.state \
+                 OR statuses.description <> excluded.description \
+                 OR COALESCE(statuses.target_url, '') <> COALESCE(excluded.target_url, '') \
+                 OR COALESCE(statuses.summary, '') <> COALESCE(excluded.summary, '') \
+                 OR statuses.failures <> excluded.failures",
+            )
+            .bind(target)
+            .bind(&d.context)
+            .bind(d.state)
+            .bind(&d.description)
+            .bind(&d.target_url)
+            .bind(&d.summary)
+            .bind(&d.failures)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if build_final {
+            let stale: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT id, context FROM statuses WHERE target_id = $1 \
+                 AND context LIKE 'kiln/nix-build/%' AND state = 'failure'",
+            )
+            .bind(target)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, context) in stale {
+                if contexts.contains(&context.as_str()) {
+                    continue;
+                }
+                sqlx::query(
+                    "UPDATE statuses SET state = 'success', description = 'Passed when run again', \
+                     version = version + 1 WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await
+    })
+}
+
+/// A status to post.
+#[derive(Debug, Clone)]
+pub struct OwedStatus {
+    /// Row id.
+    pub id: i64,
+    /// The version being posted.
+    pub version: i64,
+    /// Failed posts so far.
+    pub attempts: i64,
+    /// Context.
+    pub context: String,
+    /// State name.
+    pub state: String,
+    /// One line.
+    pub description: String,
+    /// Link.
+    pub target_url: Option<String>,
+    /// Markdown.
+    pub summary: Option<String>,
+    /// JSON array.
+    pub failures: String,
+    /// The commit.
+    pub rev: String,
+    /// The pull request.
+    pub pull_request: Option<i64>,
+    /// Forge instance.
+    pub forge: String,
+    /// Repository record.
+    pub repository: serde_json::Value,
+}
+
+/// Statuses owed and due at `now`, oldest first.
+pub async fn owed_statuses(
+    db: &Database,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<OwedStatus>, sqlx::Error> {
+    type Row = (
+        i64,
+        i64,
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        Option<i64>,
+        String,
+        String,
+    );
+    let rows: Vec<Row> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT s.id, s.version, s.attempts, s.context, s.state, s.description, s.target_url, \
+             s.summary, s.failures, t.rev, t.pull_request, p.forge, p.repository \
+             FROM statuses s JOIN targets t ON t.id = s.target_id \
+             JOIN projects p ON p.id = t.project_id \
+             WHERE s.posted_version < s.version AND s.next_attempt_at <= $1 AND t.state = 'active' \
+             ORDER BY s.id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|r| OwedStatus {
+            id: r.0,
+            version: r.1,
+            attempts: r.2,
+            context: r.3,
+            state: r.4,
+            description: r.5,
+            target_url: r.6,
+            summary: r.7,
+            failures: r.8,
+            rev: r.9,
+            pull_request: r.10,
+            forge: r.11,
+            repository: serde_json::from_str(&r.12).unwrap_or(serde_json::Value::Null),
+        })
+        .collect())
+}
+
+/// When the next owed status is due (Unix ms), if any is owed.
+pub async fn next_status_due(db: &Database) -> Result<Option<i64>, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT MIN(s.next_attempt_at) FROM statuses s JOIN targets t ON t.id = s.target_id \
+             WHERE s.posted_version < s.version AND t.state = 'active'",
+        )
+        .fetch_one(pool)
+        .await
+    })
+}
+
+/// How a post went.
+#[derive(Debug, Clone)]
+pub enum PostOutcome {
+    /// The forge has this version.
+    Posted(i64),
+    /// Try again at `at` (Unix ms).
+    Later {
+        /// When.
+        at: i64,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Record a post's outcome on status `id`.
+pub async fn record_post(db: &Database, id: i64, outcome: &PostOutcome) -> Result<(), sqlx::Error> {
+    with_pool!(db, pool => {
+        match outcome {
+            PostOutcome::Posted(version) => sqlx::query(
+                "UPDATE statuses SET posted_version = $2, attempts = 0, last_error = NULL \
+                 WHERE id = $1 AND posted_version < $2",
+            )
+            .bind(id)
+            .bind(version)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+            PostOutcome::Later { at, error } => sqlx::query(
+                "UPDATE statuses SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(error)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+        }
+    })
+}
+
+/// Whether branch `branch` of project `project` has had a target at `rev`
+/// (built, building or superseded).
+pub async fn line_has_rev(
+    db: &Database,
+    project: i64,
+    branch: &str,
+    rev: &str,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = with_pool!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM targets WHERE project_id = $1 AND kind = 'push' \
+             AND branch = $2 AND rev = $3",
+        )
+        .bind(project)
+        .bind(branch)
+        .bind(rev)
+        .fetch_one(pool)
+        .await
+    })?;
+    Ok(n > 0)
+}
