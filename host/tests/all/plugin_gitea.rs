@@ -460,33 +460,51 @@ fn repo(id: u64, name: &str, topics: Value, archived: bool) -> Value {
     repo
 }
 
-/// The topic search's pages: 50 results (Gitea's page size) then 2, mixing
-/// exact matches, prefix matches the search also returns, an archived
-/// repository and one whose topics the search left out.
-fn search_page(page: &str) -> Option<Value> {
-    let data: Vec<Value> = match page {
-        "1" => (1..=50)
-            .map(|i| match i {
-                1 => repo(i, "widgets", json!(["build-with-buildbot"]), false),
-                2 => repo(i, "untagged-listing", Value::Null, false),
-                3 => repo(i, "old", json!(["build-with-buildbot"]), true),
-                _ => repo(
-                    i,
-                    &format!("near-{i}"),
-                    json!(["build-with-buildbot-legacy"]),
-                    false,
-                ),
+/// The topic search's pages as a server with `MAX_RESPONSE_ITEMS = 30`
+/// sends them (fewer than the 50 asked for, so only its `Link` header says
+/// more follow): 30 results then 2, mixing exact matches, prefix matches
+/// the search also returns, an archived repository and one whose topics
+/// the search left out. Each page comes with its `Link` header.
+fn search_page(page: &str) -> Option<(Value, String)> {
+    let link = |rel: &[(&str, u32)]| {
+        rel.iter()
+            .map(|(rel, page)| {
+                format!(
+                    "<https://gitea.example.org/api/v1/repos/search?limit=30&page={page}&q=build-with-buildbot&topic=true>; rel=\"{rel}\""
+                )
             })
-            .collect(),
-        "2" => vec![
-            repo(51, "gadgets", json!(["nix", "build-with-buildbot"]), false),
-            // Listed again as results shift between pages.
-            repo(1, "widgets", json!(["build-with-buildbot"]), false),
-        ],
-        "3" => vec![],
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (data, link): (Vec<Value>, String) = match page {
+        "1" => (
+            (1..=30)
+                .map(|i| match i {
+                    1 => repo(i, "widgets", json!(["build-with-buildbot"]), false),
+                    2 => repo(i, "untagged-listing", Value::Null, false),
+                    3 => repo(i, "old", json!(["build-with-buildbot"]), true),
+                    _ => repo(
+                        i,
+                        &format!("near-{i}"),
+                        json!(["build-with-buildbot-legacy"]),
+                        false,
+                    ),
+                })
+                .collect(),
+            link(&[("next", 2), ("last", 2)]),
+        ),
+        "2" => (
+            vec![
+                repo(31, "gadgets", json!(["nix", "build-with-buildbot"]), false),
+                // Listed again as results shift between pages.
+                repo(1, "widgets", json!(["build-with-buildbot"]), false),
+            ],
+            link(&[("first", 1), ("prev", 1)]),
+        ),
+        "3" => (vec![], String::new()),
         _ => return None,
     };
-    Some(json!({"ok": true, "data": data}))
+    Some((json!({"ok": true, "data": data}), link))
 }
 
 fn reply(status: StatusCode, headers: &[(&'static str, &str)], body: Value) -> Response {
@@ -538,7 +556,10 @@ async fn answer(
     if method == Method::GET && path == "/api/v1/repos/search" {
         let expected = "q=build-with-buildbot&topic=true&limit=50&page=";
         let page = query.strip_prefix(expected).and_then(search_page);
-        return page.map_or_else(not_found, |page| reply(StatusCode::OK, &[], page));
+        return page.map_or_else(not_found, |(page, link)| {
+            let headers = [("link", link.as_str()), ("x-total-count", "32")];
+            reply(StatusCode::OK, &headers, page)
+        });
     }
     if method == Method::GET && path == "/api/v1/repos/acme/untagged-listing/topics" {
         return reply(
@@ -730,20 +751,32 @@ async fn repositories_with_the_topic_are_found_across_pages() {
     let (rt, _d) = runtime();
     let gitea = load(&rt, PLUGIN).await;
     let fake = FakeGitea::start(Statuses::Created).await;
-    let repositories = rt
+    let called = rt
         .list_repositories(
             &gitea,
             &cfg(&[("url", &format!("{}/", fake.url))]),
             rest_context(fake.host(), true),
             Limits::default(),
         )
-        .await
-        .result
-        .unwrap();
+        .await;
+    let repositories = called.result.unwrap();
+    assert!(
+        called
+            .log
+            .iter()
+            .any(|l| l.message == "3 repositories with topic `build-with-buildbot` in 2 pages"),
+        "{:?}",
+        called.log
+    );
     let names: Vec<&str> = repositories.iter().map(|r| r.full_name.as_str()).collect();
     assert_eq!(
         names,
-        ["acme/widgets", "acme/untagged-listing", "acme/gadgets"]
+        ["acme/widgets", "acme/untagged-listing", "acme/gadgets"],
+        "{:#?}",
+        fake.received()
+            .iter()
+            .map(|r| &r.target)
+            .collect::<Vec<_>>()
     );
     let listing = &repositories[1];
     assert_eq!(listing.topics, ["build-with-buildbot", "flakes"]);

@@ -18,8 +18,8 @@ use crate::payload::{Repo, SearchPage, Topics};
 /// The longest description a commit status keeps (Gitea's column allows
 /// more; GitHub's limit keeps statuses readable in both UIs).
 pub const MAX_DESCRIPTION: usize = 140;
-/// Repositories per search page: Gitea's default `MAX_RESPONSE_ITEMS`, so
-/// a page shorter than this is the last one.
+/// Repositories asked for per search page: Gitea's default
+/// `MAX_RESPONSE_ITEMS` (a server may be set to send fewer).
 pub const PAGE_SIZE: usize = 50;
 /// The secret holding the access token, named in errors.
 pub const TOKEN_SECRET: &str = "gitea-token";
@@ -202,6 +202,30 @@ pub fn decode<T: DeserializeOwned>(host: &str, what: &str, body: &[u8]) -> Resul
     })
 }
 
+/// Whether a search page follows the one `response` answered, which held
+/// `count` repositories and brought those read so far to `read`. Gitea
+/// says so with `Link: <…>; rel="next"` and `X-Total-Count`; without
+/// either, only a full page may have a successor. A page is never taken
+/// from the link itself: the token stays on the configured server.
+pub fn more_pages(response: &Response, count: usize, read: usize) -> bool {
+    if count == 0 {
+        return false;
+    }
+    if let Some(link) = response.header("link") {
+        return link.split(',').any(|target| {
+            target
+                .split(';')
+                .skip(1)
+                .any(|param| param.trim().eq_ignore_ascii_case("rel=\"next\""))
+        });
+    }
+    let total = response.header("x-total-count");
+    match total.and_then(|t| t.trim().parse::<usize>().ok()) {
+        Some(total) => read < total,
+        None => count >= PAGE_SIZE,
+    }
+}
+
 /// The repositories of one search page.
 pub fn search_page(host: &str, body: &[u8]) -> Result<Vec<Repo>, PluginError> {
     decode::<SearchPage>(host, "a repository search page", body).map(|p| p.data)
@@ -324,6 +348,25 @@ mod tests {
         for (owner, rev) in [("../x", "a".repeat(40)), ("acme", "abc".into())] {
             assert!(api.status(&report(owner, &rev)).is_err(), "{owner} {rev}");
         }
+    }
+
+    #[test]
+    fn pages_follow_while_gitea_says_so() {
+        let with = |name: &str, value: &str| Response {
+            status: 200,
+            headers: vec![(name.to_owned(), value.as_bytes().to_vec())],
+            body: Vec::new(),
+        };
+        let next = r#"<https://c.org/api/v1/repos/search?page=2>; rel="next", <https://c.org/api/v1/repos/search?page=4>; rel="last""#;
+        let last = r#"<https://c.org/api/v1/repos/search?page=1>; rel="first", <https://c.org/api/v1/repos/search?page=3>; rel="prev""#;
+        // A server sending 30 a page still has a next page.
+        assert!(more_pages(&with("Link", next), 30, 30));
+        assert!(!more_pages(&with("link", last), 50, 150));
+        assert!(more_pages(&with("X-Total-Count", "61"), 30, 60));
+        assert!(!more_pages(&with("x-total-count", "60"), 30, 60));
+        assert!(more_pages(&response(200, None), PAGE_SIZE, PAGE_SIZE));
+        assert!(!more_pages(&response(200, None), 49, 99));
+        assert!(!more_pages(&with("Link", next), 0, 30));
     }
 
     #[test]

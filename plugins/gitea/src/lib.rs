@@ -19,7 +19,8 @@
 //!   with `Authorization: token …` from secret `gitea-token`; running is
 //!   `pending`, cancelled is `error`; 429 and 5xx become `retry-after`.
 //! - Discovery: `GET /api/v1/repos/search?q=TOPIC&topic=true`, page by page
-//!   until a short page, keeping repositories whose topics really hold the
+//!   while Gitea's `Link` (else `X-Total-Count`, else a full page) says more
+//!   follow, keeping repositories whose topics really hold the
 //!   `topic` setting (reading `/topics` when a result lacks them) and that
 //!   are not archived.
 //! - Clone credentials: setting `user` (default `kiln`; Gitea takes the
@@ -41,7 +42,7 @@ use kiln_plugin_sdk::{
     WebhookOutcome, WebhookRequest, WorldKind, export_forge, http, log, secrets,
 };
 
-use crate::api::{Api, PAGE_SIZE, TOKEN_SECRET};
+use crate::api::{Api, TOKEN_SECRET};
 use crate::events::Trust;
 
 /// The secret Gitea signs webhooks with.
@@ -170,13 +171,14 @@ impl Forge for Gitea {
         let topic = api::topic(config.get("topic").unwrap_or(DEFAULT_TOPIC))?;
         let mut found = Vec::new();
         let mut seen = BTreeSet::new();
-        let mut pages = 0;
+        let (mut pages, mut read) = (0, 0);
         for page in 1..=MAX_PAGES {
             pages = page;
             let what = format!("search repositories with topic `{topic}` (page {page})");
             let response = send(api.search(&topic, page), &what)?;
             let repos = api::search_page(api.host(), &response.body)?;
-            let last = repos.len() < PAGE_SIZE;
+            read += repos.len();
+            let more = api::more_pages(&response, repos.len(), read);
             for mut repo in repos {
                 // Results shift between pages while repositories change.
                 if repo.archived || !seen.insert(repo.id) {
@@ -192,7 +194,7 @@ impl Forge for Gitea {
                     found.push(repo.to_kiln().map_err(PluginError::failed)?);
                 }
             }
-            if last {
+            if !more {
                 break;
             }
             if page == MAX_PAGES {
