@@ -68,6 +68,21 @@ pub struct PluginSteps {
     rerun_on_cached: bool,
     /// Print which steps run on stderr (`kiln run`).
     announce: bool,
+    /// Told how long each step took.
+    metrics: Option<Arc<dyn StepMetrics>>,
+}
+
+/// Where step durations and failures are counted (`kiln serve`'s metrics).
+pub trait StepMetrics: Send + Sync {
+    /// Step `plugin` ran for `elapsed`; `failed` when it failed (a warning
+    /// or a skip is not a failure).
+    fn step(&self, plugin: &str, elapsed: Duration, failed: bool);
+}
+
+impl StepMetrics for crate::serve::metrics::Metrics {
+    fn step(&self, plugin: &str, elapsed: Duration, failed: bool) {
+        crate::serve::metrics::Metrics::step(self, plugin, elapsed, failed);
+    }
 }
 
 impl PluginSteps {
@@ -79,7 +94,14 @@ impl PluginSteps {
             project: None,
             rerun_on_cached: false,
             announce: true,
+            metrics: None,
         }
+    }
+
+    /// Count each step's duration and failure in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn StepMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Steps of a `kiln serve` run of `project`; `rerun_on_cached` runs the
@@ -111,7 +133,17 @@ impl PluginSteps {
         }
         for selected in &ctx.steps {
             let step = &selected.step;
+            let began = std::time::Instant::now();
             let result = self.run_step(step, job, &ctx, &mut signatures).await;
+            if let Some(m) = &self.metrics
+                && result.status != PostBuildStatus::Skipped
+            {
+                m.step(
+                    &result.step,
+                    began.elapsed(),
+                    result.status == PostBuildStatus::Failed,
+                );
+            }
             append_log(job, &result);
             results.push(result);
         }

@@ -91,28 +91,13 @@ async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum
         Some(a) => a,
         None => DEFAULT_LISTEN.parse().expect("a valid address"),
     };
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| config.serve.data_dir.clone())
-        .or_else(default_data_dir)
-        .context("no data directory: set --data-dir, [serve] data_dir, XDG_STATE_HOME or HOME")?;
-    let database_url = std::env::var("KILN_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| config.serve.database_url.clone());
-    let sqlite_path = data_dir.join("kiln.sqlite3");
-    if database_url.is_none() {
-        create_private_dir(&data_dir)?;
-    }
-    let db = db::Database::open(database_url.as_deref(), &sqlite_path)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database {}",
-                db::describe(database_url.as_deref(), &sqlite_path)
-            )
-        })?;
+    let location = DatabaseLocation::resolve(args.data_dir.clone(), &config)?;
+    let db = location.open().await?;
+    let DatabaseLocation {
+        data_dir,
+        url: database_url,
+        sqlite_path,
+    } = location;
     let stored = db.count_deliveries().await?;
 
     let forges = config.forges.clone();
@@ -135,11 +120,13 @@ async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum
     let settings = pipeline::Settings::from_config(&serve_config, bound, data_dir.clone());
     let pipeline = pipeline::Pipeline::new(db.clone(), plugins.clone(), forges.clone(), settings);
     pipeline.start().await?;
+    let metrics = pipeline.metrics().clone();
+    metrics.set_stored(stored);
     let state = Arc::new(app::AppState {
         db,
         plugins,
         forges,
-        metrics: metrics::Metrics::new(stored),
+        metrics,
         pipeline,
     });
     Ok((listener, app::app(state)))
@@ -179,6 +166,58 @@ fn check_forges(
         }
     }
     Ok(())
+}
+
+/// Where the service's database is, as `kiln serve` and `kiln token` find
+/// it: `KILN_DATABASE_URL`, else `[serve] database_url`, else
+/// `kiln.sqlite3` in the data directory (`--data-dir`, `[serve] data_dir`,
+/// then the XDG state directory).
+#[derive(Debug, Clone)]
+pub struct DatabaseLocation {
+    /// The data directory (logs and mirrors live there too).
+    pub data_dir: PathBuf,
+    /// The database URL, when one is set.
+    pub url: Option<String>,
+    /// The SQLite file used without a URL.
+    pub sqlite_path: PathBuf,
+}
+
+impl DatabaseLocation {
+    /// Resolve the location from `--data-dir` and the configuration.
+    pub fn resolve(data_dir: Option<PathBuf>, config: &KilnConfig) -> anyhow::Result<Self> {
+        let data_dir = data_dir
+            .or_else(|| config.serve.data_dir.clone())
+            .or_else(default_data_dir)
+            .context(
+                "no data directory: set --data-dir, [serve] data_dir, XDG_STATE_HOME or HOME",
+            )?;
+        let url = std::env::var("KILN_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| config.serve.database_url.clone());
+        let sqlite_path = data_dir.join("kiln.sqlite3");
+        Ok(DatabaseLocation {
+            data_dir,
+            url,
+            sqlite_path,
+        })
+    }
+
+    /// Where it is, without credentials.
+    pub fn describe(&self) -> String {
+        db::describe(self.url.as_deref(), &self.sqlite_path)
+    }
+
+    /// Open it (creating the data directory for SQLite) and run the
+    /// migrations.
+    pub async fn open(&self) -> anyhow::Result<db::Database> {
+        if self.url.is_none() {
+            create_private_dir(&self.data_dir)?;
+        }
+        db::Database::open(self.url.as_deref(), &self.sqlite_path)
+            .await
+            .with_context(|| format!("cannot open the database {}", self.describe()))
+    }
 }
 
 /// `$XDG_STATE_HOME/kiln`, else `~/.local/state/kiln`.

@@ -468,6 +468,21 @@ fn pushes_and_pull_requests_are_built_and_reported_on_their_head_commits() {
         "SELECT (SELECT COUNT(*) FROM runs), (SELECT COUNT(*) FROM targets)",
     );
     assert_eq!(count[0], (2, 3), "one run for a tree reached twice");
+
+    let metrics = server.get("/metrics");
+    for line in [
+        "kiln_runs{state=\"failed\"} 1\n",
+        "kiln_runs{state=\"succeeded\"} 1\n",
+        "kiln_job_results_total{status=\"failed\"} 1\n",
+        "kiln_job_duration_seconds_count{status=\"succeeded\"} 2\n",
+        "kiln_dispatches_total{job_type=\"build\",builder_name=\"localhost\"} 3\n",
+        "kiln_dispatches_total{job_type=\"evaluation\",builder_name=\"localhost\"} 2\n",
+        "kiln_statuses_posted_total{forge=\"github\",outcome=\"rate_limited\"} 2\n",
+        "kiln_eval_duration_seconds_count 2\n",
+        "kiln_jobs_running 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from\n{metrics}");
+    }
 }
 
 /// Wait until `sql` (one BIGINT column) returns a row with a positive value.

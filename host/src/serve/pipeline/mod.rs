@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::db::Database;
+use super::metrics::Metrics;
 use crate::config::{ForgeInstance, KilnConfig};
 use crate::plugins::PluginHost;
 
@@ -150,6 +151,7 @@ pub struct Pipeline {
     pub(crate) running: AtomicUsize,
     /// Runs whose statuses must be recomputed.
     pub(crate) dirty: Mutex<std::collections::BTreeSet<i64>>,
+    pub(crate) metrics: Metrics,
 }
 
 impl Pipeline {
@@ -171,6 +173,7 @@ impl Pipeline {
             cancels: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
             dirty: Mutex::new(Default::default()),
+            metrics: Metrics::default(),
         })
     }
 
@@ -200,6 +203,18 @@ impl Pipeline {
             runs_in_use: self.running.load(Ordering::Relaxed),
             jobs_per_run: self.settings.max_jobs,
         }
+    }
+
+    /// The service's metrics (shared with the webhook handler).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Read the gauges kept in the database into the metrics.
+    pub async fn refresh_gauges(&self) -> Result<(), sqlx::Error> {
+        let (runs, queued, running) = store::gauges(&self.db).await?;
+        self.metrics.set_gauges(&runs, &queued, running);
+        Ok(())
     }
 
     /// Settings in force.

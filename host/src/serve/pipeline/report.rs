@@ -418,7 +418,16 @@ async fn post_one(p: &Pipeline, s: store::OwedStatus) -> Option<i64> {
         summary: s.summary.clone(),
         failures,
     };
+    p.metrics.dispatched("status", &s.forge);
     let result = forge::report_status(p, &s.forge, &report).await;
+    p.metrics.status_posted(
+        &s.forge,
+        match &result {
+            Ok(()) => "posted",
+            Err(CallError::RetryAfter { .. }) => "rate_limited",
+            Err(_) => "failed",
+        },
+    );
     let now = now_ms();
     let (pause, outcome) = match result {
         Ok(()) => (None, store::PostOutcome::Posted(s.version)),

@@ -133,6 +133,8 @@ impl RunObserver for Recorder {
 /// Write job updates in bursts until the channel closes.
 async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Update>) {
     let mut started: HashMap<u32, i64> = HashMap::new();
+    let mut finished: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let run_started = std::time::Instant::now();
     while let Some(first) = rx.recv().await {
         let mut burst = vec![first];
         while let Ok(u) = rx.try_recv() {
@@ -151,6 +153,7 @@ async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Upda
                 }
                 Update::Evaluated(result) => {
                     dirty = true;
+                    p.metrics.evaluated(run_started.elapsed());
                     if let Err(e) = store::set_evaluated(&p.db, run, result.err().as_deref()).await
                     {
                         tracing::error!(run, "cannot record the evaluation: {e}");
@@ -163,10 +166,17 @@ async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Upda
             .map(|(idx, job)| {
                 let status = job.status;
                 let started_at = if status == kiln_engine::job::JobStatus::Running {
+                    if !started.contains_key(&idx) {
+                        p.metrics.dispatched("build", "localhost");
+                    }
                     Some(*started.entry(idx).or_insert(now))
                 } else {
                     started.get(&idx).copied()
                 };
+                if status.is_final() && finished.insert(idx) {
+                    p.metrics
+                        .job_finished(&status_name(status), Duration::from_millis(job.duration_ms));
+                }
                 JobWrite {
                     idx,
                     finished_at: status.is_final().then_some(now),
@@ -186,9 +196,18 @@ async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Upda
     }
 }
 
+/// A job status as the report and the database name it.
+fn status_name(status: kiln_engine::job::JobStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// Drive one claimed run to a final state.
 async fn execute(p: &Arc<Pipeline>, run: RunRow) {
     let id = run.id;
+    p.metrics.dispatched("evaluation", "localhost");
     p.mark_dirty(id);
     let (state, error, summary) = match drive(p, &run).await {
         Ok(Some(summary)) => {
@@ -254,11 +273,10 @@ async fn drive(p: &Arc<Pipeline>, run: &RunRow) -> Result<Option<Summary>, Strin
         pull_request: run.pull_request.and_then(|n| u64::try_from(n).ok()),
         fork: !run.trusted,
     };
-    opts.post_build = Some(Arc::new(PluginSteps::for_service(
-        p.plugins.clone(),
-        project.name.clone(),
-        run.rerun_steps,
-    )));
+    opts.post_build = Some(Arc::new(
+        PluginSteps::for_service(p.plugins.clone(), project.name.clone(), run.rerun_steps)
+            .with_metrics(Arc::new(p.metrics.clone())),
+    ));
     let (tx, rx) = mpsc::unbounded_channel();
     let recorder = Arc::new(Recorder {
         tx: Mutex::new(Some(tx)),

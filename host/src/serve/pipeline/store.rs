@@ -964,3 +964,28 @@ pub async fn line_has_rev(
     })?;
     Ok(n > 0)
 }
+
+/// Runs by state, queued jobs of running runs by system, running jobs.
+pub async fn gauges(
+    db: &Database,
+) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>, i64), sqlx::Error> {
+    with_pool!(db, pool => {
+        let runs = sqlx::query_as("SELECT state, COUNT(*) FROM runs GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+        let jobs: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT j.system, j.status, COUNT(*) FROM jobs j JOIN runs r ON r.id = j.run_id \
+             WHERE r.state = 'running' AND j.status IN ('queued', 'running') \
+             GROUP BY j.system, j.status",
+        )
+        .fetch_all(pool)
+        .await?;
+        let queued = jobs
+            .iter()
+            .filter(|j| j.1 == "queued")
+            .map(|j| (j.0.clone(), j.2))
+            .collect();
+        let running = jobs.iter().filter(|j| j.1 == "running").map(|j| j.2).sum();
+        Ok((runs, queued, running))
+    })
+}
