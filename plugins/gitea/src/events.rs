@@ -33,8 +33,8 @@ const EVENT_HEADERS: [&str; 4] = [
 
 /// Who, besides the repository owner, may run secret-using steps on their
 /// pull requests without approval. Gitea's payloads carry no author
-/// association (the `permissions` of a webhook's repository are the
-/// webhook's, not the author's), so trust is the owner's plus this list.
+/// association (the `permissions` on a payload's repository are not the
+/// author's), so trust is the owner's plus this list.
 #[derive(Debug, Default, Clone)]
 pub struct Trust {
     /// Gitea user names, compared ignoring case as Gitea does.

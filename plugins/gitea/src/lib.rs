@@ -27,6 +27,12 @@
 //!   token's owner whatever the name) and the token, only for clone URLs on
 //!   the server of setting `url`.
 //!
+//! On the Gitea side, a webhook of type Gitea (or Forgejo) with content type
+//! `application/json`, the secret, and the events "Push", "Pull Request"
+//! and "Pull Request Synchronized" (a separate event in Gitea). The token
+//! needs `write:repository` (statuses) and `read:repository` (discovery,
+//! clones).
+//!
 //! It must not log the token or the webhook secret, send the token to a host
 //! other than setting `url`'s, or parse a body whose signature failed.
 
