@@ -97,6 +97,12 @@ pub struct ForgeInstance {
     /// at each reconciliation (default true).
     #[serde(default = "yes")]
     pub discover: bool,
+    /// This instance's secrets under the names the plugin asks for: plugin
+    /// name → `[secrets.<name>]` (`github-webhook-secret = "ghe-webhook"`),
+    /// so two instances of one plugin each have their own. Names not listed
+    /// are looked up as they are.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     /// Every other key: the plugin's own settings.
     #[serde(flatten)]
     pub settings: toml::Table,
@@ -443,6 +449,16 @@ fn check_forges(path: &Path, text: &str, config: &KilnConfig) -> Result<(), Conf
                 "[forges.{name}] `plugin` is empty; name an installed forge plugin"
             )));
         }
+        for (asked, configured) in &forge.secrets {
+            if !config.secrets.contains_key(configured)
+                && std::env::var_os(env_override(configured)).is_none()
+            {
+                return Err(err(format!(
+                    "[forges.{name}] secrets: `{asked}` maps to `{configured}`, which is neither a [secrets.{configured}] section nor set as {}",
+                    env_override(configured)
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -696,6 +712,11 @@ mod tests {
                 "[forges.gh]\nplugin = \" \"\n",
                 "k.toml:1:",
                 "`plugin` is empty",
+            ),
+            (
+                "[forges.ghe]\nplugin = \"github\"\nsecrets = { github-token = \"ghe-token-undefined\" }\n",
+                "k.toml:1:",
+                "`github-token` maps to `ghe-token-undefined`, which is neither",
             ),
         ];
         assert_errors(&cases);

@@ -22,11 +22,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use kiln_runtime::CallContext;
 use kiln_runtime::bindings::forge_types::{
     Header, WebhookDisposition, WebhookError, WebhookRequest,
 };
-use kiln_runtime::context::{LogSink, NoStore};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -115,16 +113,7 @@ async fn handle(
             .collect(),
         body: body.to_vec(),
     };
-    let (grant, limits) = super::pipeline::forge::grant(&state.plugins, &forge.plugin);
-    let ctx = CallContext {
-        plugin: forge.plugin.clone(),
-        project: instance.to_owned(),
-        grant: Arc::new(grant),
-        secrets: state.plugins.secrets.clone(),
-        store: Arc::new(NoStore),
-        kv: state.plugins.kv.clone(),
-        log: LogSink::new(1 << 20),
-    };
+    let (ctx, limits) = super::pipeline::forge::call_context(&state.plugins, instance, forge);
     let called = state
         .plugins
         .registry

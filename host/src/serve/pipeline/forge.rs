@@ -2,14 +2,16 @@
 //! repository lists and clone credentials, each with the plugin's grant
 //! and limits and its log lines passed to tracing.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kiln_runtime::bindings::forge_types::{GitCredentials, Repository, StatusReport};
-use kiln_runtime::context::{LogSink, NoStore};
+use kiln_runtime::context::{LogSink, NoStore, SecretProvider};
 use kiln_runtime::{CallContext, CallError, Grant, Limits};
 use serde_json::{Value, json};
 
 use super::Pipeline;
+use crate::config::ForgeInstance;
 use crate::plugins::PluginHost;
 
 /// The grant of a forge plugin: its `[grants.<plugin>]` whatever its
@@ -22,18 +24,51 @@ pub fn grant(plugins: &PluginHost, plugin: &str) -> (Grant, Limits) {
     }
 }
 
-fn context(p: &Pipeline, instance: &str, plugin: &str) -> (CallContext, Limits) {
-    let (grant, limits) = grant(&p.plugins, plugin);
+/// The context of a call into forge instance `instance` (served by
+/// `forge.plugin`): the plugin's grant, and the instance's secrets under the
+/// names the plugin asks for.
+pub fn call_context(
+    plugins: &PluginHost,
+    instance: &str,
+    forge: &ForgeInstance,
+) -> (CallContext, Limits) {
+    let (grant, limits) = grant(plugins, &forge.plugin);
+    let secrets: Arc<dyn SecretProvider> = if forge.secrets.is_empty() {
+        plugins.secrets.clone()
+    } else {
+        Arc::new(InstanceSecrets {
+            inner: plugins.secrets.clone(),
+            names: forge.secrets.clone(),
+        })
+    };
     let ctx = CallContext {
-        plugin: plugin.to_owned(),
+        plugin: forge.plugin.clone(),
         project: instance.to_owned(),
         grant: Arc::new(grant),
-        secrets: p.plugins.secrets.clone(),
+        secrets,
         store: Arc::new(NoStore),
-        kv: p.plugins.kv.clone(),
+        kv: plugins.kv.clone(),
         log: LogSink::new(1 << 20),
     };
     (ctx, limits)
+}
+
+/// Secrets of one forge instance: the plugin's names mapped to the
+/// instance's `[secrets.*]` entries.
+struct InstanceSecrets {
+    inner: Arc<dyn SecretProvider>,
+    names: BTreeMap<String, String>,
+}
+
+impl SecretProvider for InstanceSecrets {
+    fn get(&self, name: &str) -> Option<Result<Vec<u8>, String>> {
+        let configured = self.names.get(name).map_or(name, String::as_str);
+        self.inner.get(configured)
+    }
+}
+
+fn context(p: &Pipeline, instance: &str, forge: &ForgeInstance) -> (CallContext, Limits) {
+    call_context(&p.plugins, instance, forge)
 }
 
 fn not_configured(instance: &str) -> CallError {
@@ -54,7 +89,7 @@ pub async fn report_status(
     let Some(plugin) = p.plugins.registry.get(&forge.plugin) else {
         return Err(not_configured(instance));
     };
-    let (ctx, limits) = context(p, instance, &forge.plugin);
+    let (ctx, limits) = context(p, instance, forge);
     let called = p
         .plugins
         .registry
@@ -75,7 +110,7 @@ pub async fn list_repositories(p: &Pipeline, instance: &str) -> Result<Vec<Repos
     let Some(plugin) = p.plugins.registry.get(&forge.plugin) else {
         return Err(not_configured(instance));
     };
-    let (ctx, limits) = context(p, instance, &forge.plugin);
+    let (ctx, limits) = context(p, instance, forge);
     let called = p
         .plugins
         .registry
@@ -100,7 +135,7 @@ pub async fn clone_credentials(
     let Some(plugin) = p.plugins.registry.get(&forge.plugin) else {
         return Err(not_configured(instance));
     };
-    let (ctx, limits) = context(p, instance, &forge.plugin);
+    let (ctx, limits) = context(p, instance, forge);
     let called = p
         .plugins
         .registry
@@ -149,4 +184,28 @@ pub fn repository_from_json(v: &Value) -> Option<Repository> {
             })
             .unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_runtime::context::StaticSecrets;
+
+    #[test]
+    fn an_instance_reads_its_own_secret_under_the_plugin_name() {
+        let mut all = StaticSecrets::default();
+        all.0
+            .insert("github-webhook-secret".into(), b"public".to_vec());
+        all.0.insert("ghe-webhook".into(), b"enterprise".to_vec());
+        let secrets = InstanceSecrets {
+            inner: Arc::new(all),
+            names: [("github-webhook-secret".to_owned(), "ghe-webhook".to_owned())].into(),
+        };
+        assert_eq!(
+            secrets.get("github-webhook-secret"),
+            Some(Ok(b"enterprise".to_vec()))
+        );
+        assert_eq!(secrets.get("ghe-webhook"), Some(Ok(b"enterprise".to_vec())));
+        assert_eq!(secrets.get("github-token"), None);
+    }
 }
