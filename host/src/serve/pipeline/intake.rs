@@ -7,8 +7,8 @@
 //! again with backoff; one that asks for nothing buildable is `ignored` with
 //! the reason.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_engine::repo_config::{FILE_NAME, RepoConfig};
@@ -130,41 +130,84 @@ impl From<sqlx::Error> for Retry {
     }
 }
 
+/// Projects whose events are handled at once (each project's in order),
+/// so that one slow fetch does not hold up the others.
+const PARALLEL_PROJECTS: usize = 4;
+
 /// The intake loop.
 pub async fn run(p: Arc<Pipeline>) {
-    let mut backoff: HashMap<i64, (Instant, u32)> = HashMap::new();
+    let backoff: Arc<Mutex<HashMap<i64, (Instant, u32)>>> = Arc::default();
     loop {
         match store::new_events(&p.db, 256).await {
             Ok(events) => {
-                for ev in events {
-                    if backoff
-                        .get(&ev.id)
-                        .is_some_and(|(t, _)| *t > Instant::now())
-                    {
-                        continue;
-                    }
-                    match handle_event(&p, &ev).await {
-                        Ok(()) => {
-                            backoff.remove(&ev.id);
+                // Each project's due events, oldest first.
+                let mut by_project: BTreeMap<(String, String), Vec<EventRow>> = BTreeMap::new();
+                {
+                    let waiting = backoff.lock().unwrap_or_else(|e| e.into_inner());
+                    for ev in events {
+                        if waiting
+                            .get(&ev.id)
+                            .is_some_and(|(t, _)| *t > Instant::now())
+                        {
+                            continue;
                         }
-                        Err(Retry(why)) => {
-                            let tries = backoff.get(&ev.id).map_or(0, |b| b.1) + 1;
-                            let wait = Duration::from_secs((5u64 << tries.min(6)).min(300));
-                            tracing::warn!(
-                                event = ev.id,
-                                "event not handled yet, retrying in {wait:?}: {why}"
-                            );
-                            let _ = store::note_event(&p.db, ev.id, &why).await;
-                            backoff.insert(ev.id, (Instant::now() + wait, tries));
-                        }
+                        by_project
+                            .entry((ev.forge.clone(), ev.project.clone()))
+                            .or_default()
+                            .push(ev);
                     }
                 }
+                let mut tasks = tokio::task::JoinSet::new();
+                for (_, events) in by_project {
+                    while tasks.len() >= PARALLEL_PROJECTS {
+                        tasks.join_next().await;
+                    }
+                    let p = p.clone();
+                    let backoff = backoff.clone();
+                    tasks.spawn(async move {
+                        for ev in events {
+                            handle_with_backoff(&p, &ev, &backoff).await;
+                        }
+                    });
+                }
+                while tasks.join_next().await.is_some() {}
             }
             Err(e) => tracing::error!("cannot read new events: {e}"),
         }
         tokio::select! {
             _ = p.intake_wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Handle one event; when it cannot be handled now, note why and wait
+/// longer before each new try (up to five minutes).
+async fn handle_with_backoff(
+    p: &Pipeline,
+    ev: &EventRow,
+    backoff: &Mutex<HashMap<i64, (Instant, u32)>>,
+) {
+    match handle_event(p, ev).await {
+        Ok(()) => {
+            backoff
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ev.id);
+        }
+        Err(Retry(why)) => {
+            let wait = {
+                let mut waiting = backoff.lock().unwrap_or_else(|e| e.into_inner());
+                let tries = waiting.get(&ev.id).map_or(0, |b| b.1) + 1;
+                let wait = Duration::from_secs((5u64 << tries.min(6)).min(300));
+                waiting.insert(ev.id, (Instant::now() + wait, tries));
+                wait
+            };
+            tracing::warn!(
+                event = ev.id,
+                "event not handled yet, retrying in {wait:?}: {why}"
+            );
+            let _ = store::note_event(&p.db, ev.id, &why).await;
         }
     }
 }
