@@ -1,7 +1,8 @@
 //! `kiln bench …`: benchmarks that print their figures (never run by the
 //! test suite). `plugin-call` and `plugin-startup` measure the runtime;
 //! `scheduler` and `run` are the pipeline's, from `kiln-engine`; `upload`
-//! (in `bench_upload.rs`) is the binary-cache plugin against `nix copy`.
+//! (in `bench_upload.rs`) is the binary-cache plugin against `nix copy`;
+//! `serve` (in `bench_serve.rs`) is the `kiln serve` service.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +12,10 @@ use clap::{Args, Subcommand};
 use kiln_runtime::bindings::post_build_types::{BuildInfo, Output};
 use kiln_runtime::context::{KvStore, LogSink, NoStore, StaticSecrets};
 use kiln_runtime::{CallContext, CompileCache, Grant, Limits, Runtime};
+
+// Declared here rather than in `cli/mod.rs`: only `bench` uses it.
+#[path = "bench_serve.rs"]
+mod bench_serve;
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -29,6 +34,9 @@ pub enum BenchCommand {
     /// The binary-cache plugin uploading a 200 MiB closure to a local S3
     /// server, against `nix copy --to http://…?compression=zstd`.
     Upload(super::bench_upload::UploadArgs),
+    /// `kiln serve`: a push webhook to final statuses against the Nix
+    /// floor, 50,000 jobs persisted, and `GET /api/v1/runs/{id}` under load.
+    Serve(bench_serve::ServeBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +64,7 @@ pub fn main(cmd: BenchCommand) -> ExitCode {
         BenchCommand::PluginCall(args) => block_on(plugin_call(args)),
         BenchCommand::PluginStartup(args) => block_on(plugin_startup(args)),
         BenchCommand::Upload(args) => block_on(super::bench_upload::upload(args)),
+        BenchCommand::Serve(args) => bench_serve::main(args),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests of the `kiln` crate, one binary (see STYLE.md).
 
+mod bench_serve;
 mod common;
 mod plugin_attic;
 mod plugin_binary_cache;
