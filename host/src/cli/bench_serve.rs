@@ -537,13 +537,21 @@ fn end_to_end(rt: &tokio::runtime::Runtime, args: &ServeBenchArgs) -> Result<(),
     eprintln!("starting kiln serve…");
     let serve = ServeProcess::start(dir, &config, &dir.join("data"))?;
 
-    // The floor, on its own salted copy, while the service idles.
-    eprintln!("measuring the floor ({checks} checks)…");
-    let floor_dir = dir.join("floor");
-    write_flake(&floor_dir, &system, checks, &salt("kiln-bench-floor"))?;
-    let start = Instant::now();
-    let floor_drvs = rt.block_on(floor(&nix, &floor_dir, &system, args.max_jobs.max(1)))?;
-    let floor_time = start.elapsed();
+    // The floor, on its own salted copy, while the service idles; again
+    // after the service's run on a third copy, and the faster counts.
+    let max_jobs = args.max_jobs.max(1);
+    let measure_floor = |tag: &str| -> Result<Duration, String> {
+        eprintln!("measuring the floor ({checks} checks)…");
+        let floor_dir = dir.join(tag);
+        write_flake(&floor_dir, &system, checks, &salt(tag))?;
+        let start = Instant::now();
+        let drvs = rt.block_on(floor(&nix, &floor_dir, &system, max_jobs))?;
+        if drvs != checks {
+            return Err(format!("the floor evaluated {drvs} of {checks} checks"));
+        }
+        Ok(start.elapsed())
+    };
+    let floor_before = measure_floor("kiln-bench-floor-a")?;
 
     // One signed push webhook, then wait for final statuses.
     let mut body: Value = serde_json::from_str(include_str!(
@@ -633,11 +641,8 @@ fn end_to_end(rt: &tokio::runtime::Runtime, args: &ServeBenchArgs) -> Result<(),
             build.state, build.description
         ));
     }
-    if floor_drvs != checks {
-        return Err(format!(
-            "the floor evaluated {floor_drvs} of {checks} checks"
-        ));
-    }
+    let floor_after = measure_floor("kiln-bench-floor-b")?;
+    let floor_time = floor_before.min(floor_after);
     let budget = 1.25 * floor_time.as_secs_f64() + 1.0;
     let k = kiln.as_secs_f64();
     println!(
@@ -654,9 +659,11 @@ fn end_to_end(rt: &tokio::runtime::Runtime, args: &ServeBenchArgs) -> Result<(),
         build.description
     );
     println!(
-        "  floor, nix eval --json + nix-store --realise -j {}: {:.2} s",
-        args.max_jobs.max(1),
-        floor_time.as_secs_f64()
+        "  floor, nix eval --json + nix-store --realise -j {max_jobs}: {:.2} s \
+         (the faster of {:.2} s before and {:.2} s after, each on its own salted copy)",
+        floor_time.as_secs_f64(),
+        floor_before.as_secs_f64(),
+        floor_after.as_secs_f64()
     );
     println!(
         "  ratio kiln / floor {:.2}; target ≤ 1.25 × floor + 1 s = {budget:.2} s: {}",
@@ -916,6 +923,21 @@ async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
         return Err(format!("GET {url} listed {got} of {n} jobs"));
     }
 
+    // Unloaded: one request at a time on one keep-alive connection.
+    let agent = ureq::Agent::new_with_defaults();
+    let mut alone = Vec::new();
+    for _ in 0..20 {
+        let sent = Instant::now();
+        let mut r = agent
+            .get(&url)
+            .call()
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        std::io::copy(&mut r.body_mut().as_reader(), &mut std::io::sink())
+            .map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
+        alone.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    alone.sort_by(f64::total_cmp);
+
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find this executable for the load client: {e}"))?;
     let out = Command::new(exe)
@@ -955,6 +977,11 @@ async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
         r["p99_ms"].as_f64().unwrap_or(0.0),
         r["max_ms"].as_f64().unwrap_or(0.0),
     );
+    println!(
+        "  one request at a time on one connection: p50 {:.1} ms, max {:.1} ms (20 requests)",
+        alone[alone.len() / 2],
+        alone[alone.len() - 1]
+    );
     if let Some(e) = r["first_error"].as_str() {
         println!("  first error: {e}");
     }
@@ -984,7 +1011,8 @@ fn load_client(url: &str, args: &ServeBenchArgs) -> Result<String, String> {
                 let (mut errors, mut late, mut first_error) = (0u64, 0u64, None);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
+                    // Slots not reached when the window closes are not sent.
+                    if i >= total || start.elapsed() >= window {
                         break;
                     }
                     let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
