@@ -936,6 +936,7 @@ async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
     store::finish_run(&db, run, attempt, "succeeded", None, Some(&summary))
         .await
         .map_err(|e| format!("finishing run {run}: {e}"))?;
+    let (read, encode, as_json) = read_jobs_as_json(&db, run, n).await?;
     if let Database::Sqlite(pool) = &db {
         pool.close().await;
     }
@@ -1021,10 +1022,100 @@ async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
         alone[alone.len() / 2],
         alone[alone.len() - 1]
     );
+    println!(
+        "  for scale, in this process: reading the {n} job rows with sqlx {:.1} ms, \
+         decoding and writing them as JSON {:.1} ms; SQLite building the same JSON in one row \
+         (json_group_array) {:.1} ms",
+        read.as_secs_f64() * 1000.0,
+        encode.as_secs_f64() * 1000.0,
+        as_json.as_secs_f64() * 1000.0
+    );
     if let Some(e) = r["first_error"].as_str() {
         println!("  first error: {e}");
     }
     Ok(())
+}
+
+/// The work a read of the run's jobs cannot avoid, measured here: its `n`
+/// job rows read with sqlx (median of 5), and decoded and written as JSON
+/// objects; and the same read as one JSON text that SQLite builds
+/// (median of 5). Returns (read, encode, read as JSON).
+async fn read_jobs_as_json(
+    db: &Database,
+    run: i64,
+    n: usize,
+) -> Result<(Duration, Duration, Duration), String> {
+    use sqlx::Row as _;
+    let Database::Sqlite(pool) = db else {
+        return Err("the API figure needs SQLite".into());
+    };
+    let mut reads = Vec::new();
+    let mut rows = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        rows = sqlx::query("SELECT * FROM jobs WHERE run_id = $1 ORDER BY idx")
+            .bind(run)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| format!("reading the jobs of run {run}: {e}"))?;
+        reads.push(start.elapsed());
+    }
+    if rows.len() != n {
+        return Err(format!("run {run} has {} of {n} jobs", rows.len()));
+    }
+    reads.sort();
+    let start = Instant::now();
+    let objects: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let int = |c: &str| r.try_get::<Option<i64>, _>(c).ok().flatten();
+            let text = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
+            let mut o = serde_json::Map::new();
+            for c in ["id", "run_id", "idx", "attempts", "duration_ms"] {
+                o.insert(c.into(), json!(int(c)));
+            }
+            for c in ["started_at", "finished_at"] {
+                o.insert(c.into(), json!(int(c)));
+            }
+            for c in ["attr", "system", "drv_path", "status", "error"] {
+                o.insert(c.into(), json!(text(c)));
+            }
+            for c in ["failed_dependency", "log_path", "post_build"] {
+                o.insert(c.into(), json!(text(c)));
+            }
+            let outputs = text("outputs").unwrap_or_default();
+            o.insert(
+                "outputs".into(),
+                serde_json::from_str(&outputs).unwrap_or(Value::Null),
+            );
+            Value::Object(o)
+        })
+        .collect();
+    let text = serde_json::to_vec(&objects).map_err(|e| e.to_string())?;
+    let encode = start.elapsed();
+    std::hint::black_box(text);
+
+    // The same rows as one JSON text built by SQLite: one row crosses sqlx.
+    let mut whole = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let text: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_object('id', id, 'run_id', run_id, 'idx', idx, \
+             'attr', attr, 'system', system, 'drv_path', drv_path, 'status', status, \
+             'error', error, 'failed_dependency', failed_dependency, 'attempts', attempts, \
+             'duration_ms', duration_ms, 'started_at', started_at, 'finished_at', finished_at, \
+             'log_path', log_path, 'post_build', json(post_build), 'outputs', json(outputs))) \
+             FROM (SELECT * FROM jobs WHERE run_id = $1 ORDER BY idx)",
+        )
+        .bind(run)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| format!("reading the jobs of run {run} as JSON: {e}"))?;
+        whole.push(start.elapsed());
+        std::hint::black_box(text);
+    }
+    whole.sort();
+    Ok((reads[reads.len() / 2], encode, whole[whole.len() / 2]))
 }
 
 /// The load client: `connections` threads, each with its own keep-alive
