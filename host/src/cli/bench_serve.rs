@@ -5,18 +5,21 @@
 //!    repository with a bare remote; the real `kiln serve` binary (this
 //!    executable) with the first-party `github` plugin pointed at a stand-in
 //!    GitHub; one signed push webhook; the time until every status on that
-//!    commit is final. The floor, measured in the same run on a second
-//!    salted copy: one `nix eval --json` of every drvPath and one
+//!    commit is final. The floor, measured in the same run before and
+//!    after on two more salted copies (the faster counts): one
+//!    `nix eval --json` of every drvPath and one
 //!    `nix-store --realise -j MAX_JOBS` of them.
 //! 2. Persistence: synthetic job updates (no Nix) recorded as `queued`
 //!    the way the runner's writer does (bursts drained from a channel, one
-//!    `store::write_jobs` transaction each) into SQLite, then the run's
-//!    statuses computed as the reporter does; wall time and peak RSS, and
+//!    `store::write_jobs` transaction each; once all in one burst, once in
+//!    bursts of at most 256) into SQLite, then the run's statuses computed
+//!    as the reporter does; wall time and peak RSS, and
 //!    `kiln bench scheduler`'s figure for the same job count.
 //! 3. `GET /api/v1/runs/{id}` of a finished run of thousands of jobs, from
 //!    a second process (`--load-client`, this executable again) holding
 //!    keep-alive connections and sending at a fixed rate; p50/p99 latency
-//!    and the rate achieved.
+//!    and the rate achieved, one-at-a-time latency, and for scale the same
+//!    rows read with sqlx, encoded as JSON, and built as JSON by SQLite.
 //!
 //! The stand-in GitHub is an axum server inside this process rather than
 //! `tests/servers/github.py`: the benchmark then runs from an installed
