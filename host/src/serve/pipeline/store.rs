@@ -589,48 +589,57 @@ pub struct JobWrite {
     pub finished_at: Option<i64>,
 }
 
-/// Insert or update jobs of run `run`, in one transaction.
+/// Job rows per statement: 15 parameters a row stays well under SQLite's 32,766
+/// and PostgreSQL's 65,535 bound parameters.
+const JOB_ROWS_PER_STATEMENT: usize = 1000;
+
+/// Insert or update jobs of run `run`, in one transaction, a thousand rows
+/// per statement. `jobs` must not name an attribute twice (PostgreSQL
+/// refuses to update a row twice in one statement); the writer keeps the
+/// latest update of each job.
 pub async fn write_jobs(db: &Database, run: i64, jobs: &[JobWrite]) -> Result<(), sqlx::Error> {
     with_pool!(db, pool => {
         let mut tx = pool.begin().await?;
-        for w in jobs {
-            let j = &w.job;
-            let status = serde_json::to_value(j.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let post_build = (!j.post_build.is_empty())
-                .then(|| serde_json::to_string(&j.post_build).unwrap_or_default());
-            sqlx::query(
+        for chunk in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO jobs (run_id, idx, attr, system, drv_path, status, error, \
                  failed_dependency, attempts, duration_ms, started_at, finished_at, log_path, \
-                 post_build, outputs) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT (run_id, attr) DO UPDATE SET idx = excluded.idx, \
+                 post_build, outputs) ",
+            );
+            q.push_values(chunk, |mut row, w| {
+                let j = &w.job;
+                let status = serde_json::to_value(j.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let post_build = (!j.post_build.is_empty())
+                    .then(|| serde_json::to_string(&j.post_build).unwrap_or_default());
+                row.push_bind(run)
+                    .push_bind(i64::from(w.idx))
+                    .push_bind(j.attr.clone())
+                    .push_bind(j.system.clone())
+                    .push_bind(j.drv_path.clone())
+                    .push_bind(status)
+                    .push_bind(j.error.clone())
+                    .push_bind(j.failed_dependency.clone())
+                    .push_bind(i64::from(j.attempts))
+                    .push_bind(j.duration_ms as i64)
+                    .push_bind(w.started_at)
+                    .push_bind(w.finished_at)
+                    .push_bind(j.log_path.clone())
+                    .push_bind(post_build)
+                    .push_bind(serde_json::to_string(&j.outputs).unwrap_or_default());
+            });
+            q.push(
+                " ON CONFLICT (run_id, attr) DO UPDATE SET idx = excluded.idx, \
                  system = excluded.system, drv_path = excluded.drv_path, status = excluded.status, \
                  error = excluded.error, failed_dependency = excluded.failed_dependency, \
                  attempts = excluded.attempts, duration_ms = excluded.duration_ms, \
                  started_at = excluded.started_at, finished_at = excluded.finished_at, \
                  log_path = COALESCE(excluded.log_path, jobs.log_path), \
                  post_build = excluded.post_build, outputs = excluded.outputs",
-            )
-            .bind(run)
-            .bind(i64::from(w.idx))
-            .bind(&j.attr)
-            .bind(&j.system)
-            .bind(&j.drv_path)
-            .bind(status)
-            .bind(&j.error)
-            .bind(&j.failed_dependency)
-            .bind(i64::from(j.attempts))
-            .bind(j.duration_ms as i64)
-            .bind(w.started_at)
-            .bind(w.finished_at)
-            .bind(&j.log_path)
-            .bind(post_build)
-            .bind(serde_json::to_string(&j.outputs).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?;
+            );
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await
     })
