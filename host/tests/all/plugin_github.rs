@@ -3,6 +3,10 @@
 //! and the REST calls against a loopback server that answers in GitHub's
 //! shapes and records each request: commit statuses, a rate limit, the
 //! paginated repository listing, and nothing sent to a host not granted.
+//! In GitHub App mode the server verifies the App's JWT (signature, `iss`,
+//! expiry) and mints installation tokens; the tests share one kv between
+//! calls, as the service does, to see tokens reused, renewed and replaced,
+//! check runs created once then patched, and an installation's rate limits.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -143,18 +147,20 @@ async fn pushes_become_push_events_and_deletions_are_ignored() {
     let (rt, _d) = runtime();
     let github = load(&rt, PLUGIN).await;
     let mut body: Value = serde_json::from_str(PUSH).unwrap();
-    body["ref"] = "refs/heads/gh-readonly-queue/main/pr-7-0123abcd".into();
-    let ChangeEvent::Push(push) =
-        one_event(handle(&rt, &github, &signed("push", &body)).await.unwrap())
-    else {
-        panic!("not a push")
-    };
-    assert_eq!(
-        push.branch.as_deref(),
-        Some("gh-readonly-queue/main/pr-7-0123abcd")
-    );
-    assert_eq!(push.rev, "f19c884ab35c8d243bf9d857d631a5d4f190079f");
-    assert_eq!(push.repository.full_name, "kiln-example/hello-flake");
+    // Merge queue branches (GitHub's, and bors' `staging` and `trying`) are
+    // branch pushes like any other.
+    for branch in ["gh-readonly-queue/main/pr-7-0123abcd", "staging", "trying"] {
+        body["ref"] = format!("refs/heads/{branch}").into();
+        let ChangeEvent::Push(push) =
+            one_event(handle(&rt, &github, &signed("push", &body)).await.unwrap())
+        else {
+            panic!("not a push")
+        };
+        assert_eq!(push.branch.as_deref(), Some(branch));
+        assert_eq!(push.git_ref, format!("refs/heads/{branch}"));
+        assert_eq!(push.rev, "f19c884ab35c8d243bf9d857d631a5d4f190079f");
+        assert_eq!(push.repository.full_name, "kiln-example/hello-flake");
+    }
 
     body["deleted"] = true.into();
     let outcome = handle(&rt, &github, &signed("push", &body)).await.unwrap();
@@ -1088,7 +1094,7 @@ async fn a_jwt_signed_with_another_key_is_refused() {
         requests(&t.received),
         pairs(&[("GET", "/repos/acme/widgets/installation")])
     );
-    let errors = &t.state().jwt_errors;
+    let errors = t.state().jwt_errors.clone();
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("does not verify"), "{errors:?}");
 
@@ -1186,6 +1192,32 @@ async fn check_runs_are_created_once_then_patched() {
     assert_eq!(names, [build, "kiln/check/x86_64-linux.hello", build]);
     assert_eq!(state.minted.len(), 1, "one token for all of them");
     assert!(state.jwt_errors.is_empty(), "{:?}", state.jwt_errors);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn app_mode_without_the_kv_grant_says_so_before_asking_github() {
+    let t = AppTest::new().await;
+    let mut context = app_context(&t.base, &t.key.private, &t.kv);
+    context.grant = Arc::new(Grant {
+        kv: false,
+        ..(*context.grant).clone()
+    });
+    let err =
+        t.rt.report_status(
+            &t.github,
+            &app_report("kiln/nix-build", StatusState::Running),
+            &app_config(&t.base, "statuses"),
+            context,
+            Limits::default(),
+        )
+        .await
+        .result
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("grant this plugin `kv = true`"),
+        "{err}"
+    );
+    assert!(requests(&t.received).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
