@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_upload;
 mod plugin;
+mod token;
 
 /// Kiln: CI for Nix flakes.
 #[derive(Debug, Parser)]
@@ -30,6 +31,9 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Run the CI service: receive forge webhooks and store them durably.
     Serve(crate::serve::ServeArgs),
+    /// Create, revoke and list API tokens for `kiln serve`.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Entry point of the `kiln` binary.
@@ -51,6 +55,7 @@ pub fn main() -> ExitCode {
         Command::Plugin(cmd) => plugin::main(cmd),
         Command::Bench(cmd) => bench::main(cmd),
         Command::Serve(args) => crate::serve::main(args),
+        Command::Token(cmd) => token::main(cmd),
     }
 }
 

@@ -40,7 +40,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             post(super::webhooks::receive),
         )
         .route("/metrics", get(super::metrics::get))
-        .route("/api/v1/health", get(super::api::health::get))
+        .merge(super::api::router())
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(state)
 }

@@ -32,6 +32,11 @@ const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "pipeline",
         include_str!("../../migrations/sqlite/20261122000002_pipeline.sql"),
     ),
+    (
+        20261122000003,
+        "tokens",
+        include_str!("../../migrations/sqlite/20261122000003_tokens.sql"),
+    ),
 ]);
 const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
     (
@@ -43,6 +48,11 @@ const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         20261122000002,
         "pipeline",
         include_str!("../../migrations/postgres/20261122000002_pipeline.sql"),
+    ),
+    (
+        20261122000003,
+        "tokens",
+        include_str!("../../migrations/postgres/20261122000003_tokens.sql"),
     ),
 ]);
 
