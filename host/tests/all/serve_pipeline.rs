@@ -645,3 +645,173 @@ fn kill_9_while_a_job_runs_then_a_restart_reaches_final_statuses() {
     // Every context converged: the last post of each is final.
     assert!(latest.values().all(|(s, _)| s != "pending"), "{latest:?}");
 }
+
+/// `kiln token create` against the project's database; returns the token.
+fn token(project: &Project, config: &Path, subject: &str, org: &str) -> String {
+    let out = sh(Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "token",
+            "create",
+            "--subject",
+            subject,
+            "--org",
+            org,
+            "--config",
+        ])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(project.dir.path().join("data"))
+        .env_remove("KILN_DATABASE_URL"));
+    let token = out.trim().to_owned();
+    assert!(token.starts_with("kiln_"), "{out}");
+    token
+}
+
+/// POST `path` with an optional Bearer token; (status, JSON body).
+fn post(server: &Server, path: &str, token: Option<&str>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(server.url(path));
+    if let Some(t) = token {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut response = request.send_empty().unwrap();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_fork_pull_request_runs_no_secret_step_until_a_member_approves_it() {
+    let project = Project::new();
+    let key = project.dir.path().join("signing-key");
+    let secret = sh(Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command"])
+        .args([
+            "key",
+            "generate-secret",
+            "--key-name",
+            "kiln-approval-test-1",
+        ]));
+    std::fs::write(&key, secret.trim()).unwrap();
+    let github = FakeGitHub::start(project.dir.path(), &[]);
+    let extra = format!(
+        r#"
+[[post_build]]
+plugin = "sign"
+
+[grants.sign]
+secrets = ["signing-key"]
+store = ["path-info"]
+
+[secrets.signing-key]
+file = "{}"
+"#,
+        key.display()
+    );
+    // The extra keys go after [serve]'s; they are tables of their own.
+    let config = project.config(&github, "");
+    let text = std::fs::read_to_string(&config).unwrap() + &extra;
+    std::fs::write(&config, text).unwrap();
+    let server = project.serve(&config);
+
+    // A pull request from someone else's fork.
+    git(&project.work(), &["checkout", "-q", "-b", "from-fork"]);
+    project.write_flake(&[("ok", "true"), ("extra", "true")]);
+    let head = project.commit_and_push("from-fork", "Add a check");
+    let mut body: Value = serde_json::from_str(include_str!(
+        "../../../plugins/github/tests/fixtures/pull_request_opened.json"
+    ))
+    .unwrap();
+    let mut fork = project.repository();
+    fork["id"] = json!(424242);
+    fork["full_name"] = json!("mallory/widget");
+    fork["owner"]["login"] = json!("mallory");
+    body["number"] = json!(9);
+    body["repository"] = project.repository();
+    let pr = &mut body["pull_request"];
+    pr["number"] = json!(9);
+    pr["head"]["sha"] = json!(head);
+    pr["head"]["ref"] = json!("from-fork");
+    pr["head"]["repo"] = fork;
+    pr["base"]["ref"] = json!("main");
+    pr["base"]["repo"] = project.repository();
+    pr["author_association"] = json!("NONE");
+    let body = body.to_string();
+    let (status, answer) = server.webhook("github", "pull_request", "fork-9", &body, &sign(&body));
+    assert_eq!(status, 202, "{answer}");
+
+    let latest = github.wait_final(&head, &server);
+    assert_eq!(latest["kiln/nix-build"].0, "success", "{latest:?}");
+    assert_eq!(latest["kiln/approval"].0, "pending", "{latest:?}");
+    let steps: Vec<(String,)> = query(
+        &project.sqlite(),
+        "SELECT post_build FROM jobs WHERE post_build IS NOT NULL ORDER BY idx",
+    );
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    for (s,) in &steps {
+        assert!(s.contains(r#""status":"skipped""#), "{s}");
+    }
+
+    // The run as the API shows it, to anyone: the project is public.
+    let runs: Vec<(i64,)> = query(&project.sqlite(), "SELECT id FROM runs");
+    let run = runs[0].0;
+    let detail: Value = serde_json::from_str(&server.get(&format!("/api/v1/runs/{run}"))).unwrap();
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    assert_eq!(detail["job_counts"]["succeeded"], 2, "{detail}");
+    assert_eq!(detail["jobs_url"], format!("/api/v1/runs/{run}/jobs"));
+    assert_eq!(detail["project"]["name"], REPO);
+    let jobs: Value =
+        serde_json::from_str(&server.get(&format!("/api/v1/runs/{run}/jobs"))).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 2, "{jobs}");
+
+    // Approving needs a token of a member of acme.
+    let approve = format!("/api/v1/runs/{run}/approve");
+    let (status, answer) = post(&server, &approve, None);
+    assert_eq!(status, 401, "{answer}");
+    let (status, answer) = post(&server, &approve, Some("kiln_not-a-token"));
+    assert_eq!(status, 401, "{answer}");
+    let outsider = token(&project, &config, "mallory", "mallory");
+    let (status, answer) = post(&server, &approve, Some(&outsider));
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.to_string().contains("not a member of acme"),
+        "{answer}"
+    );
+    let member = token(&project, &config, "alice", "acme");
+    let (status, answer) = post(&server, &approve, Some(&member));
+    assert_eq!(status, 202, "{answer}");
+
+    // Run again with secrets: the steps sign this time.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let latest = github.latest(&head);
+        if latest
+            .get("kiln/approval")
+            .is_some_and(|s| s.0 == "success")
+        {
+            assert_eq!(latest["kiln/approval"].1, "Approved by alice (token)");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{latest:?}\n{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_row(
+        &project,
+        "SELECT COUNT(*) FROM runs WHERE state = 'succeeded' AND approved_by = 'alice (token)' AND attempts = 2",
+        &server,
+        "the approved run finished again",
+    );
+    let steps: Vec<(String,)> = query(
+        &project.sqlite(),
+        "SELECT post_build FROM jobs WHERE post_build IS NOT NULL ORDER BY idx",
+    );
+    for (s,) in &steps {
+        assert!(s.contains(r#""step":"sign","status":"succeeded""#), "{s}");
+    }
+    // Approving twice is a conflict, not a second run.
+    let (status, _) = post(&server, &approve, Some(&member));
+    assert_eq!(status, 409);
+}

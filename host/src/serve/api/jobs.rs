@@ -112,6 +112,29 @@ pub async fn of_run(
     Ok(rows.into_iter().map(job).collect())
 }
 
+/// How many jobs of run `run` are in each status.
+pub async fn counts_of_run(db: &Database, run: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query_as("SELECT status, COUNT(*) FROM jobs WHERE run_id = $1 GROUP BY status")
+            .bind(run)
+            .fetch_all(pool)
+            .await
+    })
+}
+
+/// The first `limit` failed jobs of run `run` (failed, timed out,
+/// evaluation error), in evaluation order.
+pub async fn failed_of_run(db: &Database, run: i64, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs j WHERE j.run_id = $1 \
+         AND j.status IN ('failed', 'timed_out', 'eval_error') ORDER BY j.idx, j.id LIMIT $2"
+    );
+    let rows: Vec<Tuple> = with_pool!(db, pool => {
+        sqlx::query_as(&sql).bind(run).bind(limit).fetch_all(pool).await
+    })?;
+    Ok(rows.into_iter().map(job).collect())
+}
+
 /// Job `id` with its outputs and post-build results (JSON text), visible
 /// or not.
 pub async fn by_id(

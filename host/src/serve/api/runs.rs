@@ -369,32 +369,41 @@ pub struct RunDetail {
     pub targets: Vec<Target>,
     /// How many jobs are in each status.
     pub job_counts: BTreeMap<String, usize>,
-    /// Every job, in evaluation order.
-    pub jobs: Vec<Job>,
+    /// The first [`FAILED_SHOWN`] failed jobs, in evaluation order. The
+    /// whole list is at `jobs_url`: a run of thousands of jobs stays a
+    /// small, fast answer here.
+    pub failed_jobs: Vec<Job>,
+    /// `/api/v1/runs/{id}/jobs`.
+    pub jobs_url: String,
 }
+
+/// Failed jobs listed in a run's detail.
+pub const FAILED_SHOWN: i64 = 100;
 
 /// Run `id` with everything about it.
 pub async fn detail(state: &AppState, run: Run) -> Result<RunDetail, ApiError> {
     let id = run.id;
     let doing = format!("reading run {id}");
     let db = &state.db;
-    let (project, targets, jobs) = tokio::try_join!(
+    let (project, targets, counts, failed_jobs) = tokio::try_join!(
         projects::by_id(db, run.project_id),
         targets(db, id),
-        jobs::of_run(db, id, None),
+        jobs::counts_of_run(db, id),
+        jobs::failed_of_run(db, id, FAILED_SHOWN),
     )
     .map_err(|e| ApiError::database(&doing, e))?;
     let project = project.ok_or_else(|| ApiError::not_found(format!("no project of run {id}")))?;
-    let mut job_counts = BTreeMap::new();
-    for j in &jobs {
-        *job_counts.entry(j.status.clone()).or_insert(0) += 1;
-    }
+    let job_counts = counts
+        .into_iter()
+        .map(|(status, n)| (status, usize::try_from(n).unwrap_or(0)))
+        .collect();
     Ok(RunDetail {
         run,
         project,
         targets,
         job_counts,
-        jobs,
+        failed_jobs,
+        jobs_url: format!("/api/v1/runs/{id}/jobs"),
     })
 }
 
