@@ -961,9 +961,12 @@ async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
         .map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
     let detail: Value =
         serde_json::from_slice(&body).map_err(|e| format!("GET {url} answered no JSON: {e}"))?;
-    let got = detail["jobs"].as_array().map_or(0, Vec::len);
-    if got != n {
-        return Err(format!("GET {url} listed {got} of {n} jobs"));
+    // The detail counts every job (and lists the failed ones, none here).
+    let got: u64 = detail["job_counts"]
+        .as_object()
+        .map_or(0, |c| c.values().filter_map(Value::as_u64).sum());
+    if got != n as u64 {
+        return Err(format!("GET {url} counted {got} of {n} jobs"));
     }
 
     // Unloaded: one request at a time on one keep-alive connection.

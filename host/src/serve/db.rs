@@ -37,6 +37,11 @@ const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "tokens",
         include_str!("../../migrations/sqlite/20261122000003_tokens.sql"),
     ),
+    (
+        20261122000004,
+        "job_status_index",
+        include_str!("../../migrations/sqlite/20261122000004_job_status_index.sql"),
+    ),
 ]);
 const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
     (
@@ -53,6 +58,11 @@ const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         20261122000003,
         "tokens",
         include_str!("../../migrations/postgres/20261122000003_tokens.sql"),
+    ),
+    (
+        20261122000004,
+        "job_status_index",
+        include_str!("../../migrations/postgres/20261122000004_job_status_index.sql"),
     ),
 ]);
 

@@ -509,7 +509,9 @@ mod tests {
         assert!(
             build
                 .description
-                .starts_with("3 of 6 failed: x86_64-linux.f1")
+                .starts_with("3 of 7 failed: x86_64-linux.f1"),
+            "{}",
+            build.description
         );
         let per: Vec<_> = d
             .iter()
