@@ -711,10 +711,8 @@ file = "{}"
 "#,
         key.display()
     );
-    // The extra keys go after [serve]'s; they are tables of their own.
     let config = project.config(&github, "");
-    let text = std::fs::read_to_string(&config).unwrap() + &extra;
-    std::fs::write(&config, text).unwrap();
+    append(&config, &extra);
     let server = project.serve(&config);
 
     // A pull request from someone else's fork.
@@ -814,4 +812,158 @@ file = "{}"
     // Approving twice is a conflict, not a second run.
     let (status, _) = post(&server, &approve, Some(&member));
     assert_eq!(status, 409);
+}
+
+/// Append tables to a `kiln.toml` (after `[serve]`'s keys, which `extra` of
+/// [`Project::config`] is for).
+fn append(config: &Path, tables: &str) {
+    let text = std::fs::read_to_string(config).unwrap() + tables;
+    std::fs::write(config, text).unwrap();
+}
+
+/// The latest states once `kiln/nix-build` on `rev` is final after a
+/// restart, with the run re-run (or run) exactly once more.
+fn restart_to_final(
+    project: &Project,
+    github: &FakeGitHub,
+    config: &Path,
+    rev: &str,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    let server = project.serve(config);
+    let latest = github.wait_final(rev, &server);
+    assert!(latest.values().all(|(s, _)| s != "pending"), "{latest:?}");
+    latest
+}
+
+#[test]
+fn kill_9_right_after_a_webhook_is_stored_loses_nothing() {
+    let project = Project::new();
+    let github = FakeGitHub::start(project.dir.path(), &[]);
+    let config = project.config(&github, "");
+    let server = project.serve(&config);
+    let rev = git(&project.work(), &["rev-parse", "HEAD"]);
+    project.push(&server, "stored", "main", &rev, "Add checks");
+    server.kill();
+    let latest = restart_to_final(&project, &github, &config, &rev);
+    assert_eq!(latest["kiln/nix-build"].0, "failure", "{latest:?}");
+    let rows: Vec<(String, i64)> = query(
+        &project.sqlite(),
+        "SELECT e.state, (SELECT COUNT(*) FROM runs) FROM events e",
+    );
+    assert_eq!(rows, [("started".to_owned(), 1)]);
+}
+
+#[test]
+fn kill_9_during_evaluation_then_a_restart_evaluates_again() {
+    let project = Project::new();
+    // An attribute that takes a few seconds to evaluate.
+    std::fs::write(
+        project.work().join("flake.nix"),
+        format!(
+            r#"{{
+  outputs = {{ self }}: let
+    slow = builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x) 6000000);
+  in {{
+    checks.x86_64-linux.slow = derivation {{
+      name = "slow-eval"; system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" "echo ${{toString slow}} {} > $out" ];
+    }};
+  }};
+}}
+"#,
+            project.salt
+        ),
+    )
+    .unwrap();
+    let rev = project.commit_and_push("main", "Slow to evaluate");
+    let github = FakeGitHub::start(project.dir.path(), &[]);
+    let config = project.config(&github, "");
+    let server = project.serve(&config);
+    project.push(&server, "eval", "main", &rev, "Slow to evaluate");
+    wait_for_row(
+        &project,
+        "SELECT COUNT(*) FROM runs WHERE state = 'running' AND evaluated_at IS NULL",
+        &server,
+        "the run never started evaluating",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    let jobs: Vec<(i64,)> = query(&project.sqlite(), "SELECT COUNT(*) FROM jobs");
+    assert_eq!(jobs[0].0, 0, "killed before the evaluation produced a job");
+    let latest = restart_to_final(&project, &github, &config, &rev);
+    assert_eq!(latest["kiln/nix-build"].0, "success", "{latest:?}");
+    assert_eq!(latest["kiln/nix-eval"].1, "1 job evaluated");
+    let runs: Vec<(String, i64)> = query(&project.sqlite(), "SELECT state, attempts FROM runs");
+    assert_eq!(runs, [("succeeded".to_owned(), 2)]);
+}
+
+#[test]
+fn kill_9_during_an_upload_then_a_restart_stores_every_object_once() {
+    let project = Project::new();
+    project.write_flake(&[("one", "true"), ("two", "true")]);
+    let rev = project.commit_and_push("main", "Two checks");
+    let cache = tempfile::tempdir().unwrap();
+    let (mut store, port) = python_server(
+        "http_store.py",
+        &[
+            cache.path().as_os_str(),
+            OsStr::new("--delay-nar-head"),
+            OsStr::new("2"),
+        ],
+        Some(&project.dir.path().join("store.log")),
+    );
+    let github = FakeGitHub::start(project.dir.path(), &[]);
+    let config = project.config(&github, "");
+    append(
+        &config,
+        &format!(
+            "\n[[post_build]]\nplugin = \"binary-cache\"\nurl = \"http://127.0.0.1:{port}\"\n\n\
+             [grants.binary-cache]\nhosts = [\"127.0.0.1:{port}\"]\nstore = [\"path-info\", \"nar-stream\"]\n"
+        ),
+    );
+    let state = || -> Value {
+        let mut r = ureq::get(format!("http://127.0.0.1:{port}/_test/state"))
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let server = project.serve(&config);
+    project.push(&server, "upload", "main", &rev, "Two checks");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while state()["requests"].as_u64().unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no upload began: {}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+    let before = state();
+    let latest = restart_to_final(&project, &github, &config, &rev);
+    assert_eq!(latest["kiln/nix-build"].0, "success", "{latest:?}");
+    let after = state();
+    let puts: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(after["puts"].clone()).unwrap();
+    assert!(
+        puts.values().all(|&n| n == 1),
+        "an object stored twice: {puts:?}"
+    );
+    let narinfos = puts.keys().filter(|k| k.ends_with(".narinfo")).count();
+    assert_eq!(
+        narinfos, 2,
+        "both outputs uploaded: {puts:?} (before the kill: {before})"
+    );
+    let steps: Vec<(String,)> = query(
+        &project.sqlite(),
+        "SELECT post_build FROM jobs ORDER BY idx",
+    );
+    for (s,) in &steps {
+        assert!(
+            s.contains(r#""step":"binary-cache","status":"succeeded""#),
+            "{s}"
+        );
+    }
+    let _ = store.kill();
+    let _ = store.wait();
 }
