@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::common::wasm;
-use crate::service::Server;
+use crate::service::{Postgres, Server};
 
 const SECRET: &str = "It's a Secret to Everybody";
 
@@ -362,104 +362,6 @@ fn a_forge_whose_plugin_is_missing_stops_the_start_naming_it() {
             && stderr.contains("kiln-test-forge"),
         "{stderr}"
     );
-}
-
-/// A PostgreSQL cluster in a temporary directory, listening on loopback,
-/// run as `nobody` when the test runs as root.
-struct Postgres {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Postgres {
-    fn start() -> Option<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| Some(e.ok()?.path().join("bin")))
-            .find(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())?;
-        let dir = tempfile::tempdir().unwrap();
-        let root = unsafe { libc::geteuid() } == 0;
-        if root {
-            let status = Command::new("chown")
-                .args(["nobody"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Postgres { bin, dir, port };
-        let data = pg.data();
-        pg.run(&[
-            "initdb",
-            "-D",
-            &data,
-            "-U",
-            "kiln",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-        ]);
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {}",
-            pg.dir.path().display()
-        );
-        let log = format!("{}/log", pg.dir.path().display());
-        pg.run(&[
-            "pg_ctl", "-D", &data, "-o", &options, "-l", &log, "-w", "start",
-        ]);
-        Some(pg)
-    }
-
-    fn data(&self) -> String {
-        format!("{}/data", self.dir.path().display())
-    }
-
-    fn run(&self, args: &[&str]) {
-        let program = self.bin.join(args[0]);
-        let mut cmd = if unsafe { libc::geteuid() } == 0 {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let out = cmd
-            .args(&args[1..])
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://kiln@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.data();
-        let program = self.bin.join("pg_ctl");
-        let mut cmd = if unsafe { libc::geteuid() } == 0 {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
-    }
 }
 
 #[test]

@@ -967,3 +967,55 @@ fn kill_9_during_an_upload_then_a_restart_stores_every_object_once() {
     let _ = store.kill();
     let _ = store.wait();
 }
+
+#[test]
+fn postgres_runs_the_same_pipeline_and_resumes_after_kill_9() {
+    let Some(pg) = crate::service::Postgres::start() else {
+        eprintln!(
+            "SKIPPED: no PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)"
+        );
+        return;
+    };
+    let project = Project::new();
+    project.write_flake(&[("ok", "true"), ("slow", "sleep 3"), ("broken", "exit 3")]);
+    let rev = project.commit_and_push("main", "Slow and broken");
+    let github = FakeGitHub::start(project.dir.path(), &[]);
+    let config = project.config(&github, &format!("database_url = \"{}\"", pg.url()));
+    let server = project.serve(&config);
+    assert!(
+        server.stdout.contains("database postgres://"),
+        "{}",
+        server.stdout
+    );
+    project.push(&server, "pg", "main", &rev, "Slow and broken");
+    // Kill while the run is in progress, per the API.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs: Value = serde_json::from_str(&server.get("/api/v1/runs")).unwrap();
+        let running = runs["items"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["state"] == "running"));
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{runs}\n{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+    let latest = restart_to_final(&project, &github, &config, &rev);
+    assert_eq!(latest["kiln/nix-build"].0, "failure", "{latest:?}");
+    assert_eq!(latest["kiln/nix-build/x86_64-linux.broken"].0, "failure");
+    assert!(
+        !project.dir.path().join("data/kiln.sqlite3").exists(),
+        "nothing went to SQLite"
+    );
+
+    // A pull request on the same backend.
+    git(&project.work(), &["checkout", "-q", "-b", "fix"]);
+    project.write_flake(&[("ok", "true"), ("slow", "sleep 3"), ("broken", "true")]);
+    let head = project.commit_and_push("fix", "Fix it");
+    let server = project.serve(&config);
+    project.pull_request(&server, 3, "fix", &head);
+    let latest = github.wait_final(&head, &server);
+    assert_eq!(latest["kiln/nix-build"].0, "success", "{latest:?}");
+}
