@@ -1019,3 +1019,62 @@ fn postgres_runs_the_same_pipeline_and_resumes_after_kill_9() {
     let latest = github.wait_final(&head, &server);
     assert_eq!(latest["kiln/nix-build"].0, "success", "{latest:?}");
 }
+
+#[test]
+fn a_running_jobs_log_streams_live_and_ends_with_its_status() {
+    let project = Project::new();
+    project.write_flake(&[("talk", "echo first line; sleep 3; echo second line")]);
+    let rev = project.commit_and_push("main", "A talkative check");
+    let github = FakeGitHub::start(project.dir.path(), &[]);
+    let server = project.serve(&project.config(&github, ""));
+    project.push(&server, "talk", "main", &rev, "A talkative check");
+    wait_for_row(
+        &project,
+        "SELECT COUNT(*) FROM jobs WHERE status = 'running'",
+        &server,
+        "the job never ran",
+    );
+    let jobs: Vec<(i64,)> = query(&project.sqlite(), "SELECT id FROM jobs");
+    let job = jobs[0].0;
+    let mut response = ureq::get(server.url(&format!("/api/v1/jobs/{job}/log/stream")))
+        .call()
+        .unwrap();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let reader = std::io::BufReader::new(response.body_mut().as_reader());
+    let mut data = Vec::new();
+    let mut end = None;
+    let mut last_event = String::new();
+    for line in std::io::BufRead::lines(reader) {
+        let line = line.unwrap();
+        if let Some(e) = line.strip_prefix("event:") {
+            last_event = e.trim().to_owned();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            if last_event == "end" {
+                end = Some(d.trim().to_owned());
+                break;
+            }
+            data.push(d.trim().to_owned());
+        }
+    }
+    let text = data.join("\n");
+    let first = text.find("first line").expect(&text);
+    let second = text.find("second line").expect(&text);
+    assert!(first < second, "{text}");
+    let end: Value = serde_json::from_str(&end.expect("an end event")).unwrap();
+    assert_eq!(end["status"], "succeeded", "{end}");
+    // The whole log downloads too.
+    let log = server.get(&format!("/api/v1/jobs/{job}/log"));
+    assert!(
+        log.contains("first line") && log.contains("second line"),
+        "{log}"
+    );
+}
