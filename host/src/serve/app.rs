@@ -21,6 +21,8 @@ pub const MAX_WEBHOOK_BYTES: usize = 25 << 20;
 pub struct AppState {
     /// The database.
     pub db: Database,
+    /// Group commit of webhook deliveries (`ingest.rs`).
+    pub ingest: super::ingest::Ingest,
     /// Installed plugins, grants and secrets.
     pub plugins: Arc<PluginHost>,
     /// `[forges.<instance>]`, by instance.

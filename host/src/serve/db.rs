@@ -211,47 +211,60 @@ impl Database {
     /// Store a delivery and its events in one transaction, unless the
     /// instance already has its delivery id.
     pub async fn store(&self, d: &NewDelivery) -> Result<Stored, sqlx::Error> {
+        let stored = self.store_batch(std::slice::from_ref(d)).await?;
+        Ok(stored[0])
+    }
+
+    /// Store deliveries and their events in ONE transaction, committed
+    /// once; each answer says whether that delivery was new or a
+    /// duplicate (of a stored row or of an earlier one in the batch).
+    /// On error nothing of the batch is stored.
+    pub async fn store_batch(&self, batch: &[NewDelivery]) -> Result<Vec<Stored>, sqlx::Error> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO deliveries \
-                 (forge, delivery, received_at, headers, body, status, error, retry_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (forge, delivery) DO NOTHING RETURNING id",
-            )
-            .bind(&d.forge)
-            .bind(&d.delivery)
-            .bind(d.received_at)
-            .bind(&d.headers)
-            .bind(&d.body[..])
-            .bind(d.status)
-            .bind(&d.error)
-            .bind(d.retry_at)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = id else {
-                tx.rollback().await?;
-                return Ok(Stored::Duplicate);
-            };
-            for e in &d.events {
-                sqlx::query(
-                    "INSERT INTO events \
-                     (delivery_id, kind, project, git_ref, branch, rev, pull_request, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            let mut answers = Vec::with_capacity(batch.len());
+            for d in batch {
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO deliveries \
+                     (forge, delivery, received_at, headers, body, status, error, retry_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (forge, delivery) DO NOTHING RETURNING id",
                 )
-                .bind(id)
-                .bind(e.kind)
-                .bind(&e.project)
-                .bind(&e.git_ref)
-                .bind(&e.branch)
-                .bind(&e.rev)
-                .bind(e.pull_request)
-                .bind(&e.payload)
-                .execute(&mut *tx)
+                .bind(&d.forge)
+                .bind(&d.delivery)
+                .bind(d.received_at)
+                .bind(&d.headers)
+                .bind(&d.body[..])
+                .bind(d.status)
+                .bind(&d.error)
+                .bind(d.retry_at)
+                .fetch_optional(&mut *tx)
                 .await?;
+                let Some(id) = id else {
+                    answers.push(Stored::Duplicate);
+                    continue;
+                };
+                for e in &d.events {
+                    sqlx::query(
+                        "INSERT INTO events \
+                         (delivery_id, kind, project, git_ref, branch, rev, pull_request, payload) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(id)
+                    .bind(e.kind)
+                    .bind(&e.project)
+                    .bind(&e.git_ref)
+                    .bind(&e.branch)
+                    .bind(&e.rev)
+                    .bind(e.pull_request)
+                    .bind(&e.payload)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                answers.push(Stored::New(id));
             }
             tx.commit().await?;
-            Ok(Stored::New(id))
+            Ok(answers)
         })
     }
 

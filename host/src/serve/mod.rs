@@ -27,6 +27,7 @@ pub mod api;
 pub mod app;
 pub mod db;
 pub mod events;
+pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod webhooks;
@@ -122,8 +123,10 @@ async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum
     pipeline.start().await?;
     let metrics = pipeline.metrics().clone();
     metrics.set_stored(stored);
+    let ingest = ingest::Ingest::start(db.clone(), None);
     let state = Arc::new(app::AppState {
         db,
+        ingest,
         plugins,
         forges,
         metrics,

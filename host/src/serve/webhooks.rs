@@ -185,7 +185,7 @@ async fn handle(
         }
     };
 
-    match state.db.store(&delivery).await {
+    match state.ingest.store(delivery.clone()).await {
         Ok(Stored::New(id)) => {
             state.metrics.stored();
             if !delivery.events.is_empty() {
