@@ -14,6 +14,8 @@ use kiln_runtime::context::{KvStore, LogSink, NoStore, StaticSecrets};
 use kiln_runtime::{CallContext, CompileCache, Grant, Limits, Runtime};
 
 // Declared here rather than in `cli/mod.rs`: only `bench` uses it.
+#[path = "bench_ingest.rs"]
+mod bench_ingest;
 #[path = "bench_serve.rs"]
 mod bench_serve;
 
@@ -37,6 +39,9 @@ pub enum BenchCommand {
     /// `kiln serve`: a push webhook to final statuses against the Nix
     /// floor, 50,000 jobs persisted, and `GET /api/v1/runs/{id}` under load.
     Serve(bench_serve::ServeBenchArgs),
+    /// `kiln serve` webhook ingest: signed pushes accepted and stored per
+    /// second with group commit, against one transaction per request.
+    Ingest(bench_ingest::IngestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +70,7 @@ pub fn main(cmd: BenchCommand) -> ExitCode {
         BenchCommand::PluginStartup(args) => block_on(plugin_startup(args)),
         BenchCommand::Upload(args) => block_on(super::bench_upload::upload(args)),
         BenchCommand::Serve(args) => bench_serve::main(args),
+        BenchCommand::Ingest(args) => bench_ingest::main(args),
     }
 }
 

@@ -211,14 +211,24 @@ fn repository(clone_url: &str) -> Value {
 }
 
 /// A `kiln serve` child, killed on drop; stdout and stderr go to files.
-struct ServeProcess {
+pub(super) struct ServeProcess {
     child: Child,
-    addr: String,
+    pub(super) addr: String,
     stderr: PathBuf,
 }
 
 impl ServeProcess {
     fn start(dir: &Path, config: &Path, data_dir: &Path) -> Result<Self, String> {
+        Self::start_with_env(dir, config, data_dir, &[])
+    }
+
+    /// Start it with extra environment variables.
+    pub(super) fn start_with_env(
+        dir: &Path,
+        config: &Path,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find this executable to run `kiln serve`: {e}"))?;
         let stdout = dir.join("serve.stdout");
@@ -234,6 +244,7 @@ impl ServeProcess {
             .arg(data_dir)
             .env("XDG_CACHE_HOME", dir.join("cache"))
             .env_remove("KILN_DATABASE_URL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file(&stdout)?)
             .stderr(file(&stderr)?)
@@ -430,7 +441,7 @@ fn write_flake(dir: &Path, system: &str, checks: usize, salt: &str) -> Result<()
 }
 
 /// HMAC-SHA256 (RFC 2104), for the webhook signature.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+pub(super) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mut block = [0u8; 64];
     if key.len() > block.len() {
         block[..32].copy_from_slice(&Sha256::digest(key));
