@@ -21,5 +21,6 @@ mod post_build_policy;
 mod run_cli;
 mod run_post_build;
 mod serve;
+mod serve_ingest;
 mod serve_pipeline;
 mod service;

@@ -18,13 +18,13 @@ use crate::service::{Postgres, Server};
 
 const SECRET: &str = "It's a Secret to Everybody";
 
-fn sign(body: &str) -> String {
+pub(crate) fn sign(body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(body.as_bytes());
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-fn push_body(after: char) -> String {
+pub(crate) fn push_body(after: char) -> String {
     format!(
         r#"{{"ref": "refs/heads/main", "before": "{}", "after": "{}",
             "head_commit": {{"message": "Fix the frobnicator"}},
@@ -37,12 +37,12 @@ fn push_body(after: char) -> String {
 
 /// A directory with the test forge plugin, its secret and a `kiln.toml`
 /// declaring forge instance `github` (plus `extra` lines).
-struct Setup {
+pub(crate) struct Setup {
     dir: tempfile::TempDir,
 }
 
 impl Setup {
-    fn new(extra: &str) -> Self {
+    pub(crate) fn new(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let plugins = dir.path().join("plugins");
         std::fs::create_dir(&plugins).unwrap();
@@ -74,7 +74,7 @@ plugin = "kiln-test-forge"
         Setup { dir }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -93,7 +93,7 @@ plugin = "kiln-test-forge"
     }
 
     /// Start `kiln serve` and wait for the address it prints.
-    fn start(&self) -> Server {
+    pub(crate) fn start(&self) -> Server {
         Server::start(self.command(), self.dir.path())
     }
 }
@@ -115,12 +115,12 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// (delivery, status) of every stored delivery, and (kind, project,
 /// git_ref, branch, rev) of every event, read from the database at `url`.
-type Rows = (
+pub(crate) type Rows = (
     Vec<(String, String)>,
     Vec<(String, String, Option<String>, Option<String>, String)>,
 );
 
-fn rows(url: &str) -> Rows {
+pub(crate) fn rows(url: &str) -> Rows {
     const DELIVERIES: &str = "SELECT delivery, status FROM deliveries ORDER BY id";
     const EVENTS: &str = "SELECT kind, project, git_ref, branch, rev FROM events ORDER BY id";
     block_on(async {
