@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""A stand-in Gitea API for `kiln serve` tests: commit statuses in Gitea's
+shapes (Gitea 1.2x, /api/v1).
+
+POST /api/v1/repos/OWNER/REPO/statuses/SHA requires `Authorization: token
+TOKEN` exactly (401 otherwise), a 40-hex SHA, and a JSON body as Gitea's
+CreateStatusOption binds it: `state` one of pending, success, error, failure,
+warning; `context`, `description` and `target_url` strings when present
+(target_url an absolute http(s) URL). Anything wrong gets 4xx with Gitea's
+`{"message": ..., "url": ...}` error object. Accepted statuses are answered
+201 with a CommitStatus object. GET /_test/state returns every accepted
+status in order and every refused request.
+
+Usage: gitea.py --token TOKEN
+Binds 127.0.0.1 on a free port and prints the port as its first line.
+Python 3 standard library only.
+"""
+
+import argparse
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+HEX_SHA = re.compile(r"^[0-9a-f]{40}$")
+VALID_STATES = ("pending", "success", "error", "failure", "warning")
+ROUTE = re.compile(r"^/api/v1/repos/([^/]+)/([^/]+)/statuses/([^/]+)$")
+
+
+class Recorder:
+    def __init__(self, token):
+        self.lock = threading.Lock()
+        self.token = token
+        self.accepted = []
+        self.refused = []
+        self.counter = 0
+
+
+class GiteaHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("gitea.py: " + (fmt % args) + "\n")
+
+    def reply(self, code, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json;charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def reject(self, code, message):
+        with REC.lock:
+            REC.refused.append({"method": self.command, "path": self.path, "code": code, "message": message})
+        self.reply(code, {"message": message, "url": "https://gitea.test/api/swagger"})
+
+    def read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self):
+        if urlsplit(self.path).path == "/_test/state":
+            with REC.lock:
+                return self.reply(200, {"statuses": REC.accepted, "refused": REC.refused})
+        self.reject(404, "Not Found")
+
+    def do_POST(self):
+        raw = self.read_body()
+        match = ROUTE.match(urlsplit(self.path).path)
+        if match is None:
+            return self.reject(404, "Not Found")
+        if self.headers.get("Authorization") != "token " + REC.token:
+            return self.reject(401, "token is required")
+        owner, repo, sha = match.groups()
+        if not HEX_SHA.match(sha):
+            return self.reject(422, "invalid commit SHA: " + sha)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self.reject(422, "invalid JSON body")
+        if not isinstance(body, dict):
+            return self.reject(422, "body is not a JSON object")
+        state = body.get("state")
+        if state not in VALID_STATES:
+            return self.reject(422, "state must be one of " + ", ".join(VALID_STATES))
+        for field in ("context", "description", "target_url"):
+            if field in body and not isinstance(body[field], str):
+                return self.reject(422, field + " must be a string")
+        target = body.get("target_url", "")
+        if target and not re.match(r"^https?://[^/]+", target):
+            return self.reject(422, "target_url is not a URL")
+        with REC.lock:
+            REC.counter += 1
+            record = {
+                "id": REC.counter,
+                "repository": owner + "/" + repo,
+                "sha": sha,
+                "state": state,
+                "context": body.get("context", ""),
+                "description": body.get("description", ""),
+                "target_url": target,
+                "at": time.time(),
+            }
+            REC.accepted.append(record)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record["at"]))
+        self.reply(
+            201,
+            {
+                "id": record["id"],
+                "status": state,
+                "target_url": target,
+                "description": record["description"],
+                "context": record["context"],
+                "url": "http://%s/api/v1/repos/%s/%s/statuses/%s" % (self.headers.get("Host", ""), owner, repo, sha),
+                "created_at": stamp,
+                "updated_at": stamp,
+            },
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token", required=True)
+    args = parser.parse_args()
+    global REC
+    REC = Recorder(args.token)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GiteaHandler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
