@@ -151,7 +151,9 @@ async fn nar_streams_match_nix_for_every_compression() {
             assert_eq!(f["file-hash"], f["nar-hash"], "{ctx}");
             assert_eq!(f["file-size"], f["nar-size"], "{ctx}");
         } else {
-            assert_ne!(f["file-size"], f["nar-size"], "{ctx}");
+            // A small NAR may compress to its own size by chance (xz's
+            // framing costs about what it saves), so only the bytes are
+            // compared below; the large one must shrink.
             if path == &large {
                 // Compressed: smaller than the NAR despite the noise.
                 let (file, nar): (u64, u64) = (
