@@ -147,7 +147,9 @@ pub struct Pipeline {
     /// Wakes the reporter (statuses are owed).
     pub(crate) report_wake: Notify,
     /// Cancel switches of the runs in progress.
-    pub(crate) cancels: Mutex<HashMap<i64, watch::Sender<bool>>>,
+    /// (start number, switch) by run: a start's cleanup removes only its own
+    /// switch, never that of a later start of the same run.
+    pub(crate) cancels: Mutex<HashMap<i64, (i64, watch::Sender<bool>)>>,
     pub(crate) running: AtomicUsize,
     /// Runs whose statuses must be recomputed.
     pub(crate) dirty: Mutex<std::collections::BTreeSet<i64>>,
@@ -297,7 +299,15 @@ impl Pipeline {
             .unwrap_or_else(|e| e.into_inner())
             .get(&run)
         {
-            let _ = tx.send(true);
+            let _ = tx.1.send(true);
+        }
+    }
+
+    /// Remove the cancel switch of run `run`'s start number `attempt`.
+    pub(crate) fn forget_cancel(&self, run: i64, attempt: i64) {
+        let mut cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        if cancels.get(&run).is_some_and(|(a, _)| *a == attempt) {
+            cancels.remove(&run);
         }
     }
 }

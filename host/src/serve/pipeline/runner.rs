@@ -219,20 +219,14 @@ async fn execute(p: &Arc<Pipeline>, run: RunRow) {
         }
         // Cancelled: the canceller already wrote the state.
         Ok(None) => {
-            p.cancels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            p.forget_cancel(id, run.attempts);
             p.mark_dirty(id);
             p.runner_wake.notify_one();
             return;
         }
         Err(e) => ("error", Some(e), None),
     };
-    p.cancels
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    p.forget_cancel(id, run.attempts);
     let summary_json = summary.map(|s| serde_json::to_string(&s).unwrap_or_default());
     match store::finish_run(
         &p.db,
@@ -287,7 +281,7 @@ async fn drive(p: &Arc<Pipeline>, run: &RunRow) -> Result<Option<Summary>, Strin
     p.cancels
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(run.id, cancel_tx);
+        .insert(run.id, (run.attempts, cancel_tx));
     let outcome = kiln_engine::run::run(opts, cancel_rx).await;
     recorder.close();
     drop(recorder);
