@@ -23,6 +23,8 @@ fn main() {
         "crates/narinfo",
         "wit",
         "Cargo.lock",
+        // The `wasm` profile lives in the workspace manifest.
+        "Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }

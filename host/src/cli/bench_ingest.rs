@@ -1,7 +1,7 @@
 //! `kiln bench ingest`: signed GitHub push webhooks sent to a real
-//! `kiln serve` (SQLite, WAL) from concurrent keep-alive clients; prints
-//! accepted/s and p50/p99 latency with group commit and with one
-//! transaction per request (`KILN_INGEST_BATCH=1`), then checks the
+//! `kiln serve` (SQLite, WAL) over concurrent keep-alive connections from
+//! one client thread; prints accepted/s and p50/p99 latency with group
+//! commit and with one transaction per request (`KILN_INGEST_BATCH=1`), then checks the
 //! database holds exactly the deliveries sent.
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::bench_serve::{ServeProcess, hmac_sha256};
 use crate::serve::db::Database;
@@ -56,6 +57,121 @@ fn run(args: &IngestArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The load generator: `c` keep-alive connections driven by one thread
+/// (epoll through tokio, as wrk does), so the client takes as little of the
+/// two cores as possible. Each request is written with one `write` and its
+/// answer read to the end of its `Content-Length`; anything but 202 fails
+/// the run. Returns when it started and every request's latency.
+fn load(
+    addr: std::net::SocketAddr,
+    n: usize,
+    c: usize,
+    tag: &str,
+    signature: &str,
+    body: &[u8],
+) -> Result<(Instant, Vec<Duration>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let latencies = rt.block_on(async {
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..c {
+            let next = next.clone();
+            let (tag, signature, body) = (tag.to_owned(), signature.to_owned(), body.to_vec());
+            clients.spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                let mut own = Vec::new();
+                let mut request = Vec::with_capacity(body.len() + 512);
+                let mut answer = Vec::with_capacity(1024);
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, String>(own);
+                    }
+                    request.clear();
+                    request.extend_from_slice(
+                        format!(
+                            "POST /webhooks/github HTTP/1.1\r\nHost: {addr}\r\n\
+                             X-GitHub-Event: push\r\nX-GitHub-Delivery: bench-{tag}-{i}\r\n\
+                             X-Hub-Signature-256: {signature}\r\n\
+                             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    request.extend_from_slice(&body);
+                    let sent = Instant::now();
+                    stream
+                        .write_all(&request)
+                        .await
+                        .map_err(|e| format!("POST to {addr}: {e}"))?;
+                    let code = read_answer(&mut stream, &mut answer).await?;
+                    if code != 202 {
+                        return Err(format!("POST to {addr} answered {code}, not 202"));
+                    }
+                    own.push(sent.elapsed());
+                }
+            });
+        }
+        let mut all = Vec::with_capacity(n);
+        while let Some(joined) = clients.join_next().await {
+            all.extend(joined.map_err(|e| format!("a client task failed: {e}"))??);
+        }
+        Ok::<_, String>(all)
+    })?;
+    Ok((start, latencies))
+}
+
+/// Read one HTTP/1.1 answer (headers, then `Content-Length` bytes) from
+/// `stream` into `buf`; returns its status code.
+async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<u16, String> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).map_err(|e| e.to_string())?;
+            let code = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
+            let length: usize = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .ok_or_else(|| format!("an answer without Content-Length: {head:?}"))?;
+            while buf.len() < end + 4 + length {
+                read_some(stream, buf, &mut chunk).await?;
+            }
+            return Ok(code);
+        }
+        read_some(stream, buf, &mut chunk).await?;
+    }
+}
+
+async fn read_some(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Result<(), String> {
+    let got = stream
+        .read(chunk)
+        .await
+        .map_err(|e| format!("reading an answer: {e}"))?;
+    if got == 0 {
+        return Err("the service closed the connection".into());
+    }
+    buf.extend_from_slice(&chunk[..got]);
+    Ok(())
+}
+
 fn print_figures(label: &str, f: &Figures) {
     println!(
         "  {label}: {:.0} accepted/s, p50 {:.2} ms, p99 {:.2} ms",
@@ -93,49 +209,11 @@ fn one_run(n: usize, c: usize, tag: &str, batch: Option<&str>) -> Result<Figures
         "sha256={}",
         hex::encode(hmac_sha256(secret.as_bytes(), body.as_bytes()))
     );
-    let url = format!("http://{}/webhooks/github", serve.addr);
-    let start = Instant::now();
-    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..c)
-            .map(|w| {
-                let (url, signature) = (&url, &signature);
-                scope.spawn(move || -> Result<Vec<Duration>, String> {
-                    let agent: ureq::Agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(60)))
-                        .build()
-                        .into();
-                    let mut own = Vec::new();
-                    for i in (w..n).step_by(c) {
-                        let sent = Instant::now();
-                        let mut answer = agent
-                            .post(url)
-                            .header("X-GitHub-Event", "push")
-                            .header("X-GitHub-Delivery", format!("bench-{tag}-{i}"))
-                            .header("X-Hub-Signature-256", signature)
-                            .header("Content-Type", "application/json")
-                            .send(body.as_bytes())
-                            .map_err(|e| format!("POST {url}: {e}"))?;
-                        let code = answer.status().as_u16();
-                        let _ = answer.body_mut().read_to_string();
-                        if code != 202 {
-                            return Err(format!("POST {url} answered {code}, not 202"));
-                        }
-                        own.push(sent.elapsed());
-                    }
-                    Ok(own)
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(n);
-        for w in workers {
-            all.extend(
-                w.join()
-                    .map_err(|_| "a client thread panicked".to_owned())??,
-            );
-        }
-        Ok::<_, String>(all)
-    })?;
+    let addr: std::net::SocketAddr = serve
+        .addr
+        .parse()
+        .map_err(|e| format!("the service's address {}: {e}", serve.addr))?;
+    let (start, mut latencies) = load(addr, n, c, tag, &signature, body.as_bytes())?;
     let elapsed = start.elapsed();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];

@@ -8,6 +8,8 @@
 //! means (`webhooks.rs` does).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -42,6 +44,11 @@ const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "job_status_index",
         include_str!("../../migrations/sqlite/20261122000004_job_status_index.sql"),
     ),
+    (
+        20261122000005,
+        "job_edges",
+        include_str!("../../migrations/sqlite/20261122000005_job_edges.sql"),
+    ),
 ]);
 const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
     (
@@ -63,6 +70,11 @@ const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         20261122000004,
         "job_status_index",
         include_str!("../../migrations/postgres/20261122000004_job_status_index.sql"),
+    ),
+    (
+        20261122000005,
+        "job_edges",
+        include_str!("../../migrations/postgres/20261122000005_job_edges.sql"),
     ),
 ]);
 
@@ -101,6 +113,10 @@ pub enum Database {
 }
 
 /// Run the same code on whichever pool `$db` holds.
+/// Rows per multi-row `INSERT` of deliveries or events: 8 columns each stay
+/// well below SQLite's 32,766 bound parameters.
+const DELIVERY_ROWS_PER_STATEMENT: usize = 512;
+
 macro_rules! with_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
@@ -216,56 +232,79 @@ impl Database {
     }
 
     /// Store deliveries and their events in ONE transaction, committed
-    /// once; each answer says whether that delivery was new or a
-    /// duplicate (of a stored row or of an earlier one in the batch).
-    /// On error nothing of the batch is stored.
+    /// once, with a few multi-row statements rather than two per delivery
+    /// (each statement is a round trip to SQLite's worker thread). Each
+    /// answer says whether that delivery was new or a duplicate (of a
+    /// stored row or of an earlier one in the batch). On error nothing of
+    /// the batch is stored.
     pub async fn store_batch(&self, batch: &[NewDelivery]) -> Result<Vec<Stored>, sqlx::Error> {
+        // The first of each (forge, delivery) in the batch is inserted; any
+        // later one is a duplicate of it, whatever the database says.
+        let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(batch.len());
+        let mut candidates = Vec::with_capacity(batch.len());
+        for (i, d) in batch.iter().enumerate() {
+            if let Entry::Vacant(e) = first.entry((d.forge.as_str(), d.delivery.as_str())) {
+                e.insert(i);
+                candidates.push(i);
+            }
+        }
+        let mut ids: Vec<Option<i64>> = vec![None; batch.len()];
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut answers = Vec::with_capacity(batch.len());
-            for d in batch {
-                let id: Option<i64> = sqlx::query_scalar(
+            for chunk in candidates.chunks(DELIVERY_ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO deliveries \
-                     (forge, delivery, received_at, headers, body, status, error, retry_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (forge, delivery) DO NOTHING RETURNING id",
-                )
-                .bind(&d.forge)
-                .bind(&d.delivery)
-                .bind(d.received_at)
-                .bind(&d.headers)
-                .bind(&d.body[..])
-                .bind(d.status)
-                .bind(&d.error)
-                .bind(d.retry_at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(id) = id else {
-                    answers.push(Stored::Duplicate);
-                    continue;
-                };
-                for e in &d.events {
-                    sqlx::query(
-                        "INSERT INTO events \
-                         (delivery_id, kind, project, git_ref, branch, rev, pull_request, payload) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    )
-                    .bind(id)
-                    .bind(e.kind)
-                    .bind(&e.project)
-                    .bind(&e.git_ref)
-                    .bind(&e.branch)
-                    .bind(&e.rev)
-                    .bind(e.pull_request)
-                    .bind(&e.payload)
-                    .execute(&mut *tx)
-                    .await?;
+                     (forge, delivery, received_at, headers, body, status, error, retry_at) ",
+                );
+                q.push_values(chunk, |mut row, &i| {
+                    let d = &batch[i];
+                    row.push_bind(d.forge.as_str())
+                        .push_bind(d.delivery.as_str())
+                        .push_bind(d.received_at)
+                        .push_bind(d.headers.as_str())
+                        .push_bind(&d.body[..])
+                        .push_bind(d.status)
+                        .push_bind(d.error.as_deref())
+                        .push_bind(d.retry_at);
+                });
+                q.push(" ON CONFLICT (forge, delivery) DO NOTHING RETURNING id, forge, delivery");
+                let rows: Vec<(i64, String, String)> =
+                    q.build_query_as().fetch_all(&mut *tx).await?;
+                for (id, forge, delivery) in rows {
+                    if let Some(&i) = first.get(&(forge.as_str(), delivery.as_str())) {
+                        ids[i] = Some(id);
+                    }
                 }
-                answers.push(Stored::New(id));
+            }
+            let events: Vec<(i64, &NewEvent)> = batch
+                .iter()
+                .zip(&ids)
+                .filter_map(|(d, id)| id.map(|id| (id, d)))
+                .flat_map(|(id, d)| d.events.iter().map(move |e| (id, e)))
+                .collect();
+            for chunk in events.chunks(DELIVERY_ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO events \
+                     (delivery_id, kind, project, git_ref, branch, rev, pull_request, payload) ",
+                );
+                q.push_values(chunk, |mut row, &(id, e)| {
+                    row.push_bind(id)
+                        .push_bind(e.kind)
+                        .push_bind(e.project.as_str())
+                        .push_bind(e.git_ref.as_deref())
+                        .push_bind(e.branch.as_deref())
+                        .push_bind(e.rev.as_str())
+                        .push_bind(e.pull_request)
+                        .push_bind(e.payload.as_str());
+                });
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(answers)
-        })
+        });
+        Ok(ids
+            .into_iter()
+            .map(|id| id.map_or(Stored::Duplicate, Stored::New))
+            .collect())
     }
 
     /// How many deliveries are stored.
