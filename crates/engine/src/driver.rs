@@ -209,6 +209,13 @@ impl Driver {
         }
     }
 
+    /// Tell the observer, if any, that job `job` depends on job `on`.
+    fn notify_edge(&self, job: JobId, on: JobId) {
+        if let Some(o) = &self.cfg.observer {
+            o.depends(job, on);
+        }
+    }
+
     fn idle(&self) -> bool {
         self.batches.is_empty() && self.retries.is_empty() && self.sched.ready() == 0
     }
@@ -364,9 +371,11 @@ impl Driver {
             let mut failed = Vec::new();
             for d in deps {
                 self.sched.add_dependency(id, d, &mut failed);
+                self.notify_edge(id, d);
             }
             for a in above {
                 self.sched.add_dependency(a, id, &mut failed);
+                self.notify_edge(a, id);
             }
             self.collect_dependency_failures(&mut failed);
             // Something it needs is unbuilt and not a job: while evaluation

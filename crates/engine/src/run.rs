@@ -49,6 +49,10 @@ pub trait RunObserver: Send + Sync {
     /// stable for the run; `job.status` is live (`queued`, `running`, …).
     fn job(&self, index: u32, job: &JobReport);
 
+    /// Job `job` depends on job `on` (the nearest job below it in the
+    /// derivation graph). Both were announced through [`Self::job`] first.
+    fn depends(&self, _job: u32, _on: u32) {}
+
     /// Evaluation ended: the totals, or why the whole flake failed.
     fn evaluated(&self, _result: Result<&EvalSummary, &EvalError>) {}
 }

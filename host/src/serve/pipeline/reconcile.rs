@@ -85,6 +85,14 @@ async fn head_of_default_branch(p: &Pipeline, project: &store::ProjectRow) -> Re
         {
             continue;
         }
+        // A stored webhook for this head is intake's to handle (at start,
+        // reconciliation may run before intake reached it).
+        if store::event_waits_at(&p.db, &project.forge, &project.name, &rev)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            continue;
+        }
         tracing::info!(project = %project.name, %rev, "reconciliation found an unbuilt head of {branch}");
         let change = Change {
             repository: project.repository.clone(),

@@ -98,6 +98,8 @@ fn finished(
 /// What the engine tells the recorder.
 enum Update {
     Job(u32, Box<JobReport>),
+    /// Job `.0` depends on job `.1`.
+    Edge(u32, u32),
     Evaluated(Result<usize, String>),
 }
 
@@ -123,6 +125,10 @@ impl RunObserver for Recorder {
         self.send(Update::Job(index, Box::new(job.clone())));
     }
 
+    fn depends(&self, job: u32, on: u32) {
+        self.send(Update::Edge(job, on));
+    }
+
     fn evaluated(&self, result: Result<&EvalSummary, &EvalError>) {
         self.send(Update::Evaluated(
             result.map(|s| s.jobs).map_err(|e| e.to_string()),
@@ -135,6 +141,8 @@ async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Upda
     let mut started: HashMap<u32, i64> = HashMap::new();
     let mut finished: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let run_started = std::time::Instant::now();
+    // Edges are stored by attribute: indices may differ when a run re-runs.
+    let mut attrs: HashMap<u32, String> = HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut burst = vec![first];
         while let Ok(u) = rx.try_recv() {
@@ -143,14 +151,25 @@ async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Upda
         let now = now_ms();
         let mut latest: BTreeMap<u32, JobReport> = BTreeMap::new();
         let mut dirty = false;
+        let mut edges: Vec<(u32, u32)> = Vec::new();
         for u in burst {
             match u {
                 Update::Job(idx, job) => {
                     if job.status.is_failure() {
                         dirty = true;
                     }
+                    attrs.entry(idx).or_insert_with(|| job.attr.clone());
+                    // Seen running, even if a later update in this burst
+                    // already finished it: it was dispatched.
+                    if job.status == kiln_engine::job::JobStatus::Running
+                        && let std::collections::hash_map::Entry::Vacant(e) = started.entry(idx)
+                    {
+                        e.insert(now);
+                        p.metrics.dispatched("build", "localhost");
+                    }
                     latest.insert(idx, *job);
                 }
+                Update::Edge(job, on) => edges.push((job, on)),
                 Update::Evaluated(result) => {
                     dirty = true;
                     p.metrics.evaluated(run_started.elapsed());
@@ -165,14 +184,7 @@ async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Upda
             .into_iter()
             .map(|(idx, job)| {
                 let status = job.status;
-                let started_at = if status == kiln_engine::job::JobStatus::Running {
-                    if !started.contains_key(&idx) {
-                        p.metrics.dispatched("build", "localhost");
-                    }
-                    Some(*started.entry(idx).or_insert(now))
-                } else {
-                    started.get(&idx).copied()
-                };
+                let started_at = started.get(&idx).copied();
                 if status.is_final() && finished.insert(idx) {
                     p.metrics
                         .job_finished(&status_name(status), Duration::from_millis(job.duration_ms));
@@ -189,6 +201,15 @@ async fn writer(p: Arc<Pipeline>, run: i64, mut rx: mpsc::UnboundedReceiver<Upda
             && let Err(e) = store::write_jobs(&p.db, run, &writes).await
         {
             tracing::error!(run, "cannot record {} job updates: {e}", writes.len());
+        }
+        let edges: Vec<(&str, &str)> = edges
+            .iter()
+            .filter_map(|(job, on)| Some((attrs.get(job)?.as_str(), attrs.get(on)?.as_str())))
+            .collect();
+        if !edges.is_empty()
+            && let Err(e) = store::write_edges(&p.db, run, &edges).await
+        {
+            tracing::error!(run, "cannot record {} job dependencies: {e}", edges.len());
         }
         if dirty {
             p.mark_dirty(run);

@@ -593,6 +593,27 @@ pub struct JobWrite {
 /// and PostgreSQL's 65,535 bound parameters.
 const JOB_ROWS_PER_STATEMENT: usize = 1000;
 
+/// Record that job `attr` of run `run` depends on job `depends_on`, for
+/// each pair, a thousand rows per statement; pairs already stored are kept.
+pub async fn write_edges(
+    db: &Database,
+    run: i64,
+    edges: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    with_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for chunk in edges.chunks(JOB_ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO job_edges (run_id, attr, depends_on) ");
+            q.push_values(chunk, |mut row, &(attr, on)| {
+                row.push_bind(run).push_bind(attr).push_bind(on);
+            });
+            q.push(" ON CONFLICT (run_id, attr, depends_on) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    })
+}
+
 /// Insert or update jobs of run `run`, in one transaction, a thousand rows
 /// per statement. `jobs` must not name an attribute twice (PostgreSQL
 /// refuses to update a row twice in one statement); the writer keeps the
@@ -967,6 +988,28 @@ pub async fn line_has_rev(
         )
         .bind(project)
         .bind(branch)
+        .bind(rev)
+        .fetch_one(pool)
+        .await
+    })?;
+    Ok(n > 0)
+}
+
+/// Whether a stored event of `forge` for project `name` at `rev` is still
+/// waiting for intake (reconciliation leaves such a head to it).
+pub async fn event_waits_at(
+    db: &Database,
+    forge: &str,
+    name: &str,
+    rev: &str,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = with_pool!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events e JOIN deliveries d ON d.id = e.delivery_id \
+             WHERE e.state = 'new' AND d.forge = $1 AND e.project = $2 AND e.rev = $3",
+        )
+        .bind(forge)
+        .bind(name)
         .bind(rev)
         .fetch_one(pool)
         .await
