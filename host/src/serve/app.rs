@@ -43,6 +43,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(super::metrics::get))
         .merge(super::api::router())
+        .merge(super::ui::router())
+        .merge(super::session::router())
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(state)
 }

@@ -30,6 +30,8 @@ pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod session;
+pub mod ui;
 pub mod webhooks;
 
 /// Where `kiln serve` listens without `--listen` or `[serve] listen`.
