@@ -49,6 +49,11 @@ const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "job_edges",
         include_str!("../../migrations/sqlite/20261122000005_job_edges.sql"),
     ),
+    (
+        20261122000007,
+        "delivery_path",
+        include_str!("../../migrations/sqlite/20261122000007_delivery_path.sql"),
+    ),
 ]);
 const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
     (
@@ -75,6 +80,11 @@ const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         20261122000005,
         "job_edges",
         include_str!("../../migrations/postgres/20261122000005_job_edges.sql"),
+    ),
+    (
+        20261122000007,
+        "delivery_path",
+        include_str!("../../migrations/postgres/20261122000007_delivery_path.sql"),
     ),
 ]);
 
@@ -138,6 +148,8 @@ pub struct NewDelivery {
     pub received_at: i64,
     /// Headers as a JSON array of `[name, value]`.
     pub headers: String,
+    /// The request path below `/webhooks/<instance>` (Gerrit's token is in it).
+    pub path: String,
     /// The body as received.
     pub body: Vec<u8>,
     /// `received`, `ignored`, …
@@ -254,7 +266,7 @@ impl Database {
             for chunk in candidates.chunks(DELIVERY_ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO deliveries \
-                     (forge, delivery, received_at, headers, body, status, error, retry_at) ",
+                     (forge, delivery, received_at, headers, path, body, status, error, retry_at) ",
                 );
                 q.push_values(chunk, |mut row, &i| {
                     let d = &batch[i];
@@ -262,6 +274,7 @@ impl Database {
                         .push_bind(d.delivery.as_str())
                         .push_bind(d.received_at)
                         .push_bind(d.headers.as_str())
+                        .push_bind(d.path.as_str())
                         .push_bind(&d.body[..])
                         .push_bind(d.status)
                         .push_bind(d.error.as_deref())
@@ -380,6 +393,7 @@ mod tests {
             delivery: "d1".into(),
             received_at: 1,
             headers: "[]".into(),
+            path: "/".into(),
             body: b"{}".to_vec(),
             status: "received",
             error: None,

@@ -89,6 +89,7 @@ mod tests {
             delivery: id.into(),
             received_at: 1,
             headers: "[]".into(),
+            path: "/".into(),
             body: b"{}".to_vec(),
             status: "received",
             error: None,

@@ -30,6 +30,7 @@ pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod retry;
 pub mod session;
 pub mod ui;
 pub mod webhooks;
@@ -134,6 +135,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum
         metrics,
         pipeline,
     });
+    tokio::spawn(retry::run(state.clone()));
     Ok((listener, app::app(state)))
 }
 

@@ -29,8 +29,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::app::{AppState, MAX_WEBHOOK_BYTES};
-use super::db::{NewDelivery, Stored};
+use super::db::{NewDelivery, NewEvent, Stored};
 use super::metrics::Outcome;
+use crate::config::ForgeInstance;
 
 /// How long a client should wait after the database refused a delivery.
 const STORE_RETRY_SECS: u32 = 5;
@@ -93,10 +94,6 @@ async fn handle(
         return too_large();
     };
 
-    let Some(plugin) = state.plugins.registry.get(&forge.plugin) else {
-        tracing::error!(instance, plugin = %forge.plugin, "the forge plugin is not installed");
-        return plugin_failed();
-    };
     let path = match (params.get("rest"), uri.query()) {
         (rest, Some(q)) => format!("/{}?{q}", rest.map_or("", String::as_str)),
         (rest, None) => format!("/{}", rest.map_or("", String::as_str)),
@@ -113,24 +110,7 @@ async fn handle(
             .collect(),
         body: body.to_vec(),
     };
-    let (ctx, limits) = super::pipeline::forge::call_context(&state.plugins, instance, forge);
-    let called = state
-        .plugins
-        .registry
-        .runtime()
-        .handle_webhook(&plugin, &request, &forge.config_pairs(), ctx, limits)
-        .await;
-    for line in &called.log {
-        tracing::debug!(instance, plugin = %forge.plugin, "{}", line.message);
-    }
-    let verdict = match called.result {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(instance, error = %e, "the forge plugin failed on a webhook");
-            return plugin_failed();
-        }
-    };
-
+    let verdict = ask_plugin(state, instance, forge, &request).await;
     let mut delivery = NewDelivery {
         forge: instance.to_owned(),
         delivery: String::new(),
@@ -143,6 +123,7 @@ async fn handle(
                 .collect::<Vec<_>>(),
         )
         .unwrap_or_default(),
+        path: request.path,
         body: request.body,
         status: "received",
         error: None,
@@ -150,37 +131,32 @@ async fn handle(
         events: Vec::new(),
     };
     let outcome = match verdict {
-        Ok(outcome) => {
-            delivery.delivery = outcome.delivery.unwrap_or_else(|| body_key(&delivery.body));
-            match outcome.disposition {
-                WebhookDisposition::Events(events) => {
-                    delivery.events = events.iter().map(super::events::row).collect();
-                    Outcome::Accepted
-                }
-                WebhookDisposition::Ignored(note) => {
-                    tracing::info!(instance, delivery = %delivery.delivery, "webhook ignored: {note}");
-                    delivery.status = "ignored";
-                    delivery.error = Some(note);
-                    Outcome::Ignored
-                }
-            }
+        Verdict::Events {
+            delivery: id,
+            events,
+        } => {
+            delivery.delivery = id.unwrap_or_else(|| body_key(&delivery.body));
+            delivery.events = events;
+            Outcome::Accepted
         }
-        Err(WebhookError::Unauthenticated(message)) => {
-            return refused(instance, Outcome::Unauthenticated, &message);
+        Verdict::Ignored { delivery: id, note } => {
+            delivery.delivery = id.unwrap_or_else(|| body_key(&delivery.body));
+            tracing::info!(instance, delivery = %delivery.delivery, "webhook ignored: {note}");
+            delivery.status = "ignored";
+            delivery.error = Some(note);
+            Outcome::Ignored
         }
-        Err(WebhookError::Malformed(message)) => {
-            return refused(instance, Outcome::Malformed, &message);
-        }
-        Err(WebhookError::RetryAfter(retry)) => {
+        Verdict::Refused(outcome, message) => return refused(instance, outcome, &message),
+        Verdict::PluginFailed => return plugin_failed(),
+        Verdict::RetryAfter { seconds, reason } => {
             tracing::info!(
                 instance,
-                seconds = retry.seconds,
-                "webhook kept for a later retry: {}",
-                retry.reason
+                seconds,
+                "webhook kept for a later retry: {reason}"
             );
             delivery.delivery = body_key(&delivery.body);
-            delivery.error = Some(retry.reason);
-            delivery.retry_at = Some(delivery.received_at + i64::from(retry.seconds) * 1000);
+            delivery.error = Some(reason);
+            delivery.retry_at = Some(delivery.received_at + i64::from(seconds) * 1000);
             Outcome::RetryLater
         }
     };
@@ -225,6 +201,84 @@ async fn handle(
     }
 }
 
+/// What a forge plugin made of a request.
+pub enum Verdict {
+    /// Change events to build, with the forge's delivery id if it sent one.
+    Events {
+        /// The forge's delivery id.
+        delivery: Option<String>,
+        /// The rows to store.
+        events: Vec<NewEvent>,
+    },
+    /// Authentic, but nothing to build (the note says why).
+    Ignored {
+        /// The forge's delivery id.
+        delivery: Option<String>,
+        /// Why.
+        note: String,
+    },
+    /// The plugin cannot decide now (its forge is unreachable or
+    /// rate-limited): store the request and ask again after `seconds`.
+    RetryAfter {
+        /// How long to wait.
+        seconds: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Unauthenticated or malformed, with the plugin's reason.
+    Refused(Outcome, String),
+    /// The plugin is missing, trapped or ran out of time.
+    PluginFailed,
+}
+
+/// Hand `request` to the forge plugin of `instance`; its log lines go to
+/// the service's log.
+pub async fn ask_plugin(
+    state: &AppState,
+    instance: &str,
+    forge: &ForgeInstance,
+    request: &WebhookRequest,
+) -> Verdict {
+    let Some(plugin) = state.plugins.registry.get(&forge.plugin) else {
+        tracing::error!(instance, plugin = %forge.plugin, "the forge plugin is not installed");
+        return Verdict::PluginFailed;
+    };
+    let (ctx, limits) = super::pipeline::forge::call_context(&state.plugins, instance, forge);
+    let called = state
+        .plugins
+        .registry
+        .runtime()
+        .handle_webhook(&plugin, request, &forge.config_pairs(), ctx, limits)
+        .await;
+    for line in &called.log {
+        tracing::debug!(instance, plugin = %forge.plugin, "{}", line.message);
+    }
+    match called.result {
+        Ok(Ok(outcome)) => match outcome.disposition {
+            WebhookDisposition::Events(events) => Verdict::Events {
+                delivery: outcome.delivery,
+                events: events.iter().map(super::events::row).collect(),
+            },
+            WebhookDisposition::Ignored(note) => Verdict::Ignored {
+                delivery: outcome.delivery,
+                note,
+            },
+        },
+        Ok(Err(WebhookError::Unauthenticated(message))) => {
+            Verdict::Refused(Outcome::Unauthenticated, message)
+        }
+        Ok(Err(WebhookError::Malformed(message))) => Verdict::Refused(Outcome::Malformed, message),
+        Ok(Err(WebhookError::RetryAfter(retry))) => Verdict::RetryAfter {
+            seconds: retry.seconds,
+            reason: retry.reason,
+        },
+        Err(e) => {
+            tracing::error!(instance, error = %e, "the forge plugin failed on a webhook");
+            Verdict::PluginFailed
+        }
+    }
+}
+
 /// A webhook the plugin refused: its reason is logged, not sent back.
 fn refused(instance: &str, outcome: Outcome, reason: &str) -> (Outcome, Response) {
     tracing::warn!(
@@ -255,11 +309,11 @@ fn plugin_failed() -> (Outcome, Response) {
 
 /// The key of a delivery the forge gave no id: the body's SHA-256, so that
 /// a redelivery of the same body is a duplicate.
-fn body_key(body: &[u8]) -> String {
+pub fn body_key(body: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(body)))
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

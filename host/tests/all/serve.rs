@@ -59,6 +59,7 @@ builtin = false
 
 [grants.kiln-test-forge]
 secrets = ["webhook-secret"]
+kv = true
 
 [secrets.webhook-secret]
 file = "{secret}"
@@ -294,6 +295,58 @@ fn a_body_over_25_mib_is_refused_with_413() {
         ),
         1,
         "{metrics}"
+    );
+}
+
+/// A delivery kept for a retry is handed to its plugin again, as it was
+/// received, once its time has come; the events it yields then are stored
+/// and the retry mark cleared.
+#[test]
+fn a_kept_webhook_is_handed_to_its_plugin_again_and_its_events_stored() {
+    let setup =
+        Setup::new("\n[forges.flaky]\nplugin = \"kiln-test-forge\"\nmode = \"retry-once\"\n");
+    let server = setup.start();
+    let body = push_body('e');
+    let (status, json) = server.webhook("flaky", "push", "e-1", &body, &sign(&body));
+    assert_eq!(status, 202, "{json}: {}", server.stderr());
+    assert_eq!(json["retry_after"], 1, "{json}");
+    assert_eq!(json["events"], 0, "{json}");
+    let db = format!(
+        "sqlite://{}",
+        setup.data_dir().join("kiln.sqlite3").display()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (deliveries, events) = loop {
+        let (deliveries, events) = rows(&db);
+        if !events.is_empty() {
+            break (deliveries, events);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept delivery was not retried: {deliveries:?}\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0].1, "received");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "push");
+    assert_eq!(events[0].4, "e".repeat(40));
+    let mark: (Option<i64>, Option<String>) = block_on(async {
+        let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+        sqlx::query_as("SELECT retry_at, error FROM deliveries")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(mark, (None, None), "the retry mark is cleared");
+    assert!(
+        server
+            .stderr()
+            .contains("retried a kept delivery: 1 events"),
+        "{}",
+        server.stderr()
     );
 }
 

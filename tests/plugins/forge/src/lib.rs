@@ -6,13 +6,14 @@
 //! GitHub's JSON. Statuses are POSTed as JSON to config `status_url`; one
 //! repository is listed; clone credentials carry secret `clone-token`.
 //! Config `mode` makes a call misbehave for the host's tests: `trap`
-//! panics, `loop` never returns, `retry` asks for a webhook to be retried.
+//! panics, `loop` never returns, `retry` asks for a webhook to be retried,
+//! `retry-once` asks so only the first time it sees a body.
 //! Not shipped.
 
 use kiln_plugin_sdk::{
     ChangeEvent, Config, Forge, GitCredentials, PluginError, PluginInfo, PullRequest,
     PullRequestAction, PullRequestEvent, PushEvent, Repository, StatusReport, StatusState,
-    WebhookError, WebhookOutcome, WebhookRequest, WorldKind, export_forge, http, log, secrets,
+    WebhookError, WebhookOutcome, WebhookRequest, WorldKind, export_forge, http, kv, log, secrets,
     webhook,
 };
 use serde_json::{Value, json};
@@ -149,8 +150,13 @@ impl Forge for TestForge {
         .secret(SECRET)
         .secret(CLONE_TOKEN)
         .host("127.0.0.1")
+        .kv()
         .optional_config("status_url", "Where statuses are POSTed as JSON", None)
-        .optional_config("mode", "`trap`, `loop` or `retry`, to misbehave", None)
+        .optional_config(
+            "mode",
+            "`trap`, `loop`, `retry` or `retry-once`, to misbehave",
+            None,
+        )
     }
 
     fn handle_webhook(
@@ -175,6 +181,21 @@ impl Forge for TestForge {
         let delivery = request.header("x-github-delivery").map(str::to_owned);
         if config.get("mode") == Some("retry") {
             return Err(WebhookError::retry_after(30, "the forge API is down"));
+        }
+        // `retry-once`: the first call for a body asks to be called again
+        // in a second (remembered in kv), later ones handle it.
+        if config.get("mode") == Some("retry-once") {
+            let key = format!(
+                "retried:{}",
+                webhook::hmac_sha256_hex(b"key", &request.body)
+            );
+            if kv::get(&key).ok().flatten().is_none() {
+                let _ = kv::set(&key, b"1", None);
+                return Err(WebhookError::retry_after(
+                    1,
+                    "the forge API is down for now",
+                ));
+            }
         }
         let event = request.header("x-github-event").unwrap_or_default();
         let parse = match event {
