@@ -7,8 +7,9 @@
 //! the author's trait to the generated bindings.
 
 use crate::{
-    Action, BuildInfo, Config, Decision, GitCredentials, PluginError, PluginInfo, Repository,
-    Resource, StatusReport, StepOutcome, Subject, WebhookError, WebhookOutcome, WebhookRequest,
+    Action, BuildInfo, Config, Decision, GitCredentials, PluginError, PluginInfo, PullRequest,
+    Repository, Resource, StatusReport, StepOutcome, Subject, WebhookError, WebhookOutcome,
+    WebhookRequest,
 };
 
 /// A plugin that runs on one built job (the `post-build` world).
@@ -51,6 +52,20 @@ pub trait Forge {
     ) -> Result<GitCredentials, PluginError> {
         let _ = config;
         Ok(GitCredentials::anonymous(repository.clone_url))
+    }
+
+    /// The open pull requests of `repository`, each with action
+    /// [`PullRequestAction::Opened`](crate::PullRequestAction::Opened), for
+    /// reconciliation. The default says the plugin cannot list them, and
+    /// the host then relies on webhooks alone for pull requests.
+    fn list_pull_requests(
+        repository: Repository,
+        config: Config,
+    ) -> Result<Vec<PullRequest>, PluginError> {
+        let _ = (repository, config);
+        Err(PluginError::failed(
+            "this forge plugin does not list pull requests",
+        ))
     }
 }
 
@@ -133,6 +148,17 @@ macro_rules! export_forge {
                 config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
             ) -> ::core::result::Result<$crate::GitCredentials, $crate::PluginError> {
                 <$plugin as $crate::Forge>::clone_credentials(
+                    repository,
+                    $crate::Config::from(config),
+                )
+            }
+
+            fn list_pull_requests(
+                repository: $crate::Repository,
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::core::result::Result<::std::vec::Vec<$crate::PullRequest>, $crate::PluginError>
+            {
+                <$plugin as $crate::Forge>::list_pull_requests(
                     repository,
                     $crate::Config::from(config),
                 )

@@ -10,12 +10,14 @@ characters and an optional `target_url` that is an absolute URL. It answers
 201 with a status object, as GitHub does.
 
 GET /user/repos answers the repositories given with --repo (JSON objects), on
-one page. GET /_test/state shows every status accepted, in order, and the
+one page. GET /repos/OWNER/REPO/pulls answers the JSON array in the file given
+with --pulls-file, read at each request (none when it does not exist), with
+the pulls whose base repository is OWNER/REPO. GET /_test/state shows every status accepted, in order, and the
 count of refused requests. --rate-limit N answers the first N status posts
 with 403 and GitHub's primary rate-limit headers (remaining 0, reset in one
 second), so a client must wait and post again.
 
-Usage: github.py --token TOKEN [--repo JSON]... [--rate-limit N]
+Usage: github.py --token TOKEN [--repo JSON]... [--rate-limit N] [--pulls-file PATH]
 Binds 127.0.0.1 on a free port and prints the port as its first line.
 Python 3 standard library only.
 """
@@ -32,6 +34,7 @@ from urllib.parse import urlsplit
 SHA = re.compile(r"^[0-9a-f]{40}$")
 STATES = {"pending", "success", "failure", "error"}
 STATUS_PATH = re.compile(r"^/repos/([^/]+)/([^/]+)/statuses/([^/]+)$")
+PULLS_PATH = re.compile(r"^/repos/([^/]+)/([^/]+)/pulls$")
 
 
 class State:
@@ -40,6 +43,7 @@ class State:
         self.token = args.token
         self.repos = [json.loads(r) for r in args.repo]
         self.rate_limited = args.rate_limit
+        self.pulls_file = args.pulls_file
         self.statuses = []
         self.refused = []
         self.next_id = 1
@@ -82,7 +86,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.refuse(401, "Bad credentials")
         if path == "/user/repos":
             return self.answer(200, STATE.repos)
+        m = PULLS_PATH.match(path)
+        if m:
+            return self.answer(200, self.pulls("/".join(m.groups())))
         return self.refuse(404, "Not Found")
+
+    def pulls(self, full_name):
+        try:
+            with open(STATE.pulls_file or "", encoding="utf-8") as f:
+                pulls = json.load(f)
+        except FileNotFoundError:
+            return []
+        return [p for p in pulls if (p.get("base", {}).get("repo") or {}).get("full_name") == full_name]
 
     def do_POST(self):
         raw = self.body()
@@ -144,6 +159,7 @@ def main():
     parser.add_argument("--token", required=True)
     parser.add_argument("--repo", action="append", default=[])
     parser.add_argument("--rate-limit", type=int, default=0)
+    parser.add_argument("--pulls-file")
     args = parser.parse_args()
     global STATE
     STATE = State(args)

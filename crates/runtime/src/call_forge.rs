@@ -1,5 +1,5 @@
 //! Calling a forge plugin: verify and parse a webhook, report a status,
-//! list repositories, hand out clone credentials. Each call mirrors
+//! list repositories and open pull requests, hand out clone credentials. Each call mirrors
 //! [`Runtime::run_post_build`]: a fresh `Store` under the call's limits,
 //! instantiation and the call inside one wall-clock timeout, traps and
 //! exhausted limits turned into a [`CallError`] naming the plugin, stdout and
@@ -12,7 +12,8 @@
 
 use crate::Runtime;
 use crate::bindings::forge_types::{
-    GitCredentials, Repository, StatusReport, WebhookError, WebhookOutcome, WebhookRequest,
+    GitCredentials, PullRequest, Repository, StatusReport, WebhookError, WebhookOutcome,
+    WebhookRequest,
 };
 use crate::bindings::types::Config;
 use crate::call::{Called, conclude, plugin_error};
@@ -127,6 +128,30 @@ impl Runtime {
                 .call_clone_credentials(&mut store, repository, config)
                 .await?;
             Ok(credentials.map_err(plugin_error))
+        })
+        .await;
+        conclude(&plugin.info.name, store, &limits, outcome)
+    }
+
+    /// The open pull requests of `repository`.
+    pub async fn list_pull_requests(
+        &self,
+        plugin: &Plugin,
+        repository: &Repository,
+        config: &Config,
+        ctx: CallContext,
+        limits: Limits,
+    ) -> Called<Vec<PullRequest>> {
+        let WorldPre::Forge(pre) = &plugin.pre else {
+            return self.wrong_world(plugin, "forge", &ctx);
+        };
+        let mut store = self.new_store(ctx, &limits);
+        let outcome = tokio::time::timeout(limits.timeout(), async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let listed = instance
+                .call_list_pull_requests(&mut store, repository, config)
+                .await?;
+            Ok(listed.map_err(plugin_error))
         })
         .await;
         conclude(&plugin.info.name, store, &limits, outcome)

@@ -51,6 +51,7 @@ impl World {
                 "report-status",
                 "list-repositories",
                 "clone-credentials",
+                "list-pull-requests",
             ],
             World::Authz => &["describe", "decide"],
         }
@@ -219,7 +220,7 @@ pub enum LoadError {
     },
     /// Exports match no world.
     #[error(
-        "{origin} implements no Kiln world: it exports [{exports}], but a post-build plugin exports `describe` and `run`, a forge plugin `handle-webhook`, `report-status`, `list-repositories` and `clone-credentials`, an authz plugin `decide`"
+        "{origin} implements no Kiln world: it exports [{exports}], but a post-build plugin exports `describe` and `run`, a forge plugin `handle-webhook`, `report-status`, `list-repositories`, `clone-credentials` and `list-pull-requests`, an authz plugin `decide`"
     )]
     NoWorld {
         /// Path or name.

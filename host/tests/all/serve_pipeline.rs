@@ -313,14 +313,7 @@ file = "{token}"
         .unwrap();
         body["number"] = json!(number);
         body["repository"] = self.repository();
-        let pr = &mut body["pull_request"];
-        pr["number"] = json!(number);
-        pr["head"]["sha"] = json!(head);
-        pr["head"]["ref"] = json!(branch);
-        pr["head"]["repo"] = self.repository();
-        pr["base"]["ref"] = json!("main");
-        pr["base"]["repo"] = self.repository();
-        pr["author_association"] = json!("MEMBER");
+        body["pull_request"] = self.pull_request_object(number, branch, head);
         let body = body.to_string();
         let (status, answer) = server.webhook(
             "github",
@@ -330,6 +323,24 @@ file = "{token}"
             &sign(&body),
         );
         assert_eq!(status, 202, "{answer}: {}", server.stderr());
+    }
+
+    /// The pull request as GitHub's API shows it: `head` on `branch` into
+    /// `main`, from the same repository, by a member.
+    fn pull_request_object(&self, number: u64, branch: &str, head: &str) -> Value {
+        let body: Value = serde_json::from_str(include_str!(
+            "../../../plugins/github/tests/fixtures/pull_request_opened.json"
+        ))
+        .unwrap();
+        let mut pr = body["pull_request"].clone();
+        pr["number"] = json!(number);
+        pr["head"]["sha"] = json!(head);
+        pr["head"]["ref"] = json!(branch);
+        pr["head"]["repo"] = self.repository();
+        pr["base"]["ref"] = json!("main");
+        pr["base"]["repo"] = self.repository();
+        pr["author_association"] = json!("MEMBER");
+        pr
     }
 
     fn sqlite(&self) -> String {
@@ -601,6 +612,49 @@ fn a_push_missed_while_kiln_was_down_is_built_when_it_starts() {
     );
     assert_eq!(targets.len(), 2);
     assert_eq!(targets[1].0, None, "found by reconciliation, not an event");
+}
+
+/// A pull request opened while Kiln was down: the plugin lists it as open
+/// at start, and its head is built and reported though no webhook came.
+#[test]
+fn a_pull_request_opened_while_kiln_was_down_is_built_when_it_starts() {
+    let project = Project::new();
+    let pulls = project.dir.path().join("pulls.json");
+    let github = FakeGitHub::start(
+        project.dir.path(),
+        &["--pulls-file", pulls.to_str().unwrap()],
+    );
+    let config = project.config(&github, "");
+    let server = project.serve(&config);
+    let main = git(&project.work(), &["rev-parse", "HEAD"]);
+    project.push(&server, "main", "main", &main, "Add checks");
+    github.wait_final(&main, &server);
+    server.kill();
+    // Opened while Kiln is down: no webhook ever arrives.
+    project.write_flake(&[("ok", "true")]);
+    let head = project.commit_and_push("fix", "Drop the broken check");
+    let pr = project.pull_request_object(7, "fix", &head);
+    std::fs::write(&pulls, json!([pr]).to_string()).unwrap();
+    let server = project.serve(&config);
+    let latest = github.wait_final(&head, &server);
+    assert_eq!(latest["kiln/nix-build"].0, "success", "{latest:?}");
+    let targets: Vec<(String, Option<i64>, Option<i64>, String)> = query(
+        &project.sqlite(),
+        "SELECT kind, pull_request, event_id, rev FROM targets ORDER BY id",
+    );
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    assert_eq!(
+        targets[1],
+        ("pull_request".to_owned(), Some(7), None, head.clone()),
+        "found by reconciliation, not an event"
+    );
+    // A second start finds it built and starts nothing more.
+    server.kill();
+    let server = project.serve(&config);
+    github.wait_final(&main, &server);
+    std::thread::sleep(Duration::from_secs(2));
+    let runs: Vec<(i64,)> = query(&project.sqlite(), "SELECT COUNT(*) FROM targets");
+    assert_eq!(runs, [(2,)]);
 }
 
 #[test]

@@ -205,11 +205,29 @@ fn pull_request(body: &[u8]) -> Result<Disposition, WebhookError> {
         }
     };
     let repository = repository(common)?;
+    let pull_request = convert_pull_request(&pr, event.number, action, &repository.clone_url)
+        .map_err(WebhookError::Malformed)?;
+    Ok(build(ChangeEvent::PullRequest(PullRequestEvent {
+        pull_request,
+        repository,
+        message: None,
+    })))
+}
+
+/// Kiln's view of GitHub pull request `number` (octocrab's model, as in a
+/// webhook or `GET /repos/{owner}/{repo}/pulls`); `base_clone_url` is the
+/// base repository's, used when the head repository is gone.
+pub fn convert_pull_request(
+    pr: &octocrab::models::pulls::PullRequest,
+    number: u64,
+    action: PullRequestAction,
+    base_clone_url: &str,
+) -> Result<PullRequest, String> {
     let author = pr
         .user
         .as_ref()
         .map(|u| u.login.clone())
-        .ok_or_else(|| WebhookError::Malformed("the pull request has no `user`".into()))?;
+        .ok_or_else(|| format!("pull request #{number} has no `user`"))?;
     // A head repository that is gone (a deleted fork) counts as a fork; its
     // commits stay reachable from the base repository's `refs/pull/N/head`.
     let base_id = pr.base.repo.as_ref().map(|r| r.id);
@@ -217,24 +235,30 @@ fn pull_request(body: &[u8]) -> Result<Disposition, WebhookError> {
     let from_fork = head_repo.is_none_or(|head| Some(head.id) != base_id);
     let head_clone_url = head_repo
         .and_then(|r| r.clone_url.as_ref())
-        .map_or_else(|| repository.clone_url.clone(), |u| u.to_string());
-    Ok(build(ChangeEvent::PullRequest(PullRequestEvent {
-        pull_request: PullRequest {
-            number: event.number,
-            title: pr.title.clone().unwrap_or_default(),
-            author,
-            author_trusted: trusted(pr.author_association.as_ref()),
-            from_fork,
-            head_rev: pr.head.sha.clone(),
-            head_branch: pr.head.ref_field.clone(),
-            head_clone_url,
-            base_branch: pr.base.ref_field.clone(),
-            action,
-            web_url: pr.html_url.as_ref().map(|u| u.to_string()),
-        },
-        repository,
-        message: None,
-    })))
+        .map_or_else(|| base_clone_url.to_owned(), |u| u.to_string());
+    Ok(PullRequest {
+        number,
+        title: pr.title.clone().unwrap_or_default(),
+        author,
+        author_trusted: trusted(pr.author_association.as_ref()),
+        from_fork,
+        head_rev: pr.head.sha.clone(),
+        head_branch: pr.head.ref_field.clone(),
+        head_clone_url,
+        base_branch: pr.base.ref_field.clone(),
+        action,
+        web_url: pr.html_url.as_ref().map(|u| u.to_string()),
+    })
+}
+
+/// The open pull requests of one page of `GET /repos/{owner}/{repo}/pulls`.
+pub fn open_pull_requests(page: &[u8], base_clone_url: &str) -> Result<Vec<PullRequest>, String> {
+    let pulls: Vec<octocrab::models::pulls::PullRequest> =
+        serde_json::from_slice(page).map_err(|e| format!("does not parse: {e}"))?;
+    pulls
+        .iter()
+        .map(|pr| convert_pull_request(pr, pr.number, PullRequestAction::Opened, base_clone_url))
+        .collect()
 }
 
 #[cfg(test)]
@@ -473,6 +497,44 @@ mod tests {
             ignored(handle(&signed("issues", &body), SECRET).unwrap()),
             "GitHub event `issues` needs no build"
         );
+    }
+
+    /// A page of `GET /pulls` gives each pull request as the webhook would,
+    /// as `opened`.
+    #[test]
+    fn open_pull_requests_are_read_like_their_webhooks() {
+        let event = fixture(PULL_REQUEST);
+        let page = serde_json::to_vec(&serde_json::json!([event["pull_request"]])).unwrap();
+        let listed = open_pull_requests(&page, "https://fallback.test/x.git").unwrap();
+        let ChangeEvent::PullRequest(hooked) =
+            one_event(handle(&signed("pull_request", &event), SECRET).unwrap())
+        else {
+            panic!("not a pull request")
+        };
+        assert_eq!(listed.len(), 1);
+        let (l, h) = (&listed[0], &hooked.pull_request);
+        assert!(matches!(l.action, PullRequestAction::Opened));
+        assert_eq!(
+            (
+                l.number,
+                &l.head_rev,
+                &l.head_branch,
+                &l.base_branch,
+                &l.author
+            ),
+            (
+                h.number,
+                &h.head_rev,
+                &h.head_branch,
+                &h.base_branch,
+                &h.author
+            )
+        );
+        assert_eq!(
+            (l.from_fork, l.author_trusted, &l.head_clone_url),
+            (h.from_fork, h.author_trusted, &h.head_clone_url)
+        );
+        assert!(open_pull_requests(b"{}", "x").is_err());
     }
 
     /// The projection read from each delivery agrees with octocrab's model.

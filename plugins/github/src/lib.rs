@@ -43,8 +43,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_plugin_sdk::http::{self, Request, Response};
 use kiln_plugin_sdk::{
-    Config, Forge, GitCredentials, PluginError, PluginInfo, Repository, StatusReport, WebhookError,
-    WebhookOutcome, WebhookRequest, WorldKind, export_forge, log, secrets,
+    Config, Forge, GitCredentials, PluginError, PluginInfo, PullRequest, Repository, StatusReport,
+    WebhookError, WebhookOutcome, WebhookRequest, WorldKind, export_forge, log, secrets,
 };
 
 use crate::api::{Api, Credential, DEFAULT_API};
@@ -439,6 +439,39 @@ impl Forge for GitHub {
                 ))
             }
         }
+    }
+
+    fn list_pull_requests(
+        repository: Repository,
+        config: Config,
+    ) -> Result<Vec<PullRequest>, PluginError> {
+        let (api, auth) = setup(&config)?;
+        let caller = Caller::for_repository(&auth, &api, &repository)?;
+        let first = format!(
+            "{}/pulls?state=open&per_page=100",
+            api.repo_url(&repository)?
+        );
+        let what = format!("list the open pull requests of {}", repository.full_name);
+        let mut open = Vec::new();
+        let mut budget = MAX_PAGES;
+        each_page(
+            &api,
+            first,
+            &mut budget,
+            |url| caller.send(&what, |t| Ok(api.request("GET", url, t))),
+            |page| {
+                let listed = events::open_pull_requests(page, &repository.clone_url)
+                    .map_err(|e| PluginError::failed(format!("GitHub's answer to {what} {e}")))?;
+                open.extend(listed);
+                Ok(())
+            },
+        )?;
+        log::info!(
+            "{}: {} open pull requests",
+            repository.full_name,
+            open.len()
+        );
+        Ok(open)
     }
 }
 

@@ -1,13 +1,13 @@
 //! Calls into a forge instance's plugin from the pipeline: statuses,
-//! repository lists and clone credentials, each with the plugin's grant
+//! repository and pull-request lists and clone credentials, each with the plugin's grant
 //! and limits and its log lines passed to tracing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kiln_runtime::bindings::forge_types::{GitCredentials, Repository, StatusReport};
+use kiln_runtime::bindings::forge_types::{GitCredentials, PullRequest, Repository, StatusReport};
 use kiln_runtime::context::{LogSink, NoStore, SecretProvider};
-use kiln_runtime::{CallContext, CallError, Grant, Limits};
+use kiln_runtime::{CallContext, CallError, Called, Grant, Limits};
 use serde_json::{Value, json};
 
 use super::Pipeline;
@@ -67,8 +67,41 @@ impl SecretProvider for InstanceSecrets {
     }
 }
 
-fn context(p: &Pipeline, instance: &str, forge: &ForgeInstance) -> (CallContext, Limits) {
-    call_context(&p.plugins, instance, forge)
+/// What a call into `instance`'s plugin needs.
+struct Prepared {
+    plugin: Arc<kiln_runtime::Plugin>,
+    plugin_name: String,
+    config: Vec<(String, String)>,
+    ctx: CallContext,
+    limits: Limits,
+}
+
+fn prepare(p: &Pipeline, instance: &str) -> Result<Prepared, CallError> {
+    let forge = p
+        .forges
+        .get(instance)
+        .ok_or_else(|| not_configured(instance))?;
+    let plugin = p
+        .plugins
+        .registry
+        .get(&forge.plugin)
+        .ok_or_else(|| not_configured(instance))?;
+    let (ctx, limits) = call_context(&p.plugins, instance, forge);
+    Ok(Prepared {
+        plugin,
+        plugin_name: forge.plugin.clone(),
+        config: forge.config_pairs(),
+        ctx,
+        limits,
+    })
+}
+
+/// The call's result, its log lines passed to tracing.
+fn finish<T>(instance: &str, plugin: &str, called: Called<T>) -> Result<T, CallError> {
+    for line in &called.log {
+        tracing::debug!(instance, plugin, "{}", line.message);
+    }
+    called.result
 }
 
 fn not_configured(instance: &str) -> CallError {
@@ -83,44 +116,22 @@ pub async fn report_status(
     instance: &str,
     report: &StatusReport,
 ) -> Result<(), CallError> {
-    let Some(forge) = p.forges.get(instance) else {
-        return Err(not_configured(instance));
-    };
-    let Some(plugin) = p.plugins.registry.get(&forge.plugin) else {
-        return Err(not_configured(instance));
-    };
-    let (ctx, limits) = context(p, instance, forge);
-    let called = p
-        .plugins
-        .registry
-        .runtime()
-        .report_status(&plugin, report, &forge.config_pairs(), ctx, limits)
+    let c = prepare(p, instance)?;
+    let runtime = p.plugins.registry.runtime();
+    let called = runtime
+        .report_status(&c.plugin, report, &c.config, c.ctx, c.limits)
         .await;
-    for line in &called.log {
-        tracing::debug!(instance, plugin = %forge.plugin, "{}", line.message);
-    }
-    called.result
+    finish(instance, &c.plugin_name, called)
 }
 
 /// The repositories `instance`'s plugin says to build.
 pub async fn list_repositories(p: &Pipeline, instance: &str) -> Result<Vec<Repository>, CallError> {
-    let Some(forge) = p.forges.get(instance) else {
-        return Err(not_configured(instance));
-    };
-    let Some(plugin) = p.plugins.registry.get(&forge.plugin) else {
-        return Err(not_configured(instance));
-    };
-    let (ctx, limits) = context(p, instance, forge);
-    let called = p
-        .plugins
-        .registry
-        .runtime()
-        .list_repositories(&plugin, &forge.config_pairs(), ctx, limits)
+    let c = prepare(p, instance)?;
+    let runtime = p.plugins.registry.runtime();
+    let called = runtime
+        .list_repositories(&c.plugin, &c.config, c.ctx, c.limits)
         .await;
-    for line in &called.log {
-        tracing::debug!(instance, plugin = %forge.plugin, "{}", line.message);
-    }
-    called.result
+    finish(instance, &c.plugin_name, called)
 }
 
 /// Credentials to fetch `repository`.
@@ -129,23 +140,26 @@ pub async fn clone_credentials(
     instance: &str,
     repository: &Repository,
 ) -> Result<GitCredentials, CallError> {
-    let Some(forge) = p.forges.get(instance) else {
-        return Err(not_configured(instance));
-    };
-    let Some(plugin) = p.plugins.registry.get(&forge.plugin) else {
-        return Err(not_configured(instance));
-    };
-    let (ctx, limits) = context(p, instance, forge);
-    let called = p
-        .plugins
-        .registry
-        .runtime()
-        .clone_credentials(&plugin, repository, &forge.config_pairs(), ctx, limits)
+    let c = prepare(p, instance)?;
+    let runtime = p.plugins.registry.runtime();
+    let called = runtime
+        .clone_credentials(&c.plugin, repository, &c.config, c.ctx, c.limits)
         .await;
-    for line in &called.log {
-        tracing::debug!(instance, plugin = %forge.plugin, "{}", line.message);
-    }
-    called.result
+    finish(instance, &c.plugin_name, called)
+}
+
+/// The open pull requests of `repository`.
+pub async fn list_pull_requests(
+    p: &Pipeline,
+    instance: &str,
+    repository: &Repository,
+) -> Result<Vec<PullRequest>, CallError> {
+    let c = prepare(p, instance)?;
+    let runtime = p.plugins.registry.runtime();
+    let called = runtime
+        .list_pull_requests(&c.plugin, repository, &c.config, c.ctx, c.limits)
+        .await;
+    finish(instance, &c.plugin_name, called)
 }
 
 /// A repository record as stored (the events' and projects' JSON).

@@ -2,11 +2,10 @@
 //! discovery (the plugin's repositories, by topic) refreshes the projects,
 //! and each project's default-branch head is compared with what was built.
 //! A head nobody built — its webhook was lost while Kiln was down, or the
-//! project is poll-only — goes through intake like a push event.
-//!
-//! Open pull requests are not listed here: the forge world has no call for
-//! them yet, so a pull-request webhook lost while Kiln was down is built at
-//! its next push.
+//! project is poll-only — goes through intake like a push event. Likewise
+//! each open pull request the plugin lists (`list-pull-requests`) whose head
+//! has no target goes through intake like an `opened` event. A head whose
+//! webhook is stored but not yet handled is left to intake.
 
 use std::sync::Arc;
 
@@ -59,6 +58,9 @@ pub async fn reconcile_once(p: &Pipeline) {
         if let Err(e) = head_of_default_branch(p, &project).await {
             tracing::warn!(project = %project.name, "reconciliation: {e}");
         }
+        if let Err(e) = open_pull_requests(p, &project).await {
+            tracing::warn!(project = %project.name, "reconciliation of pull requests: {e}");
+        }
     }
 }
 
@@ -107,6 +109,53 @@ async fn head_of_default_branch(p: &Pipeline, project: &store::ProjectRow) -> Re
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(project = %project.name, "reconciliation: {outcome:?}");
+    }
+    Ok(())
+}
+
+async fn open_pull_requests(p: &Pipeline, project: &store::ProjectRow) -> Result<(), String> {
+    let Some(repo) = forge::repository_from_json(&project.repository) else {
+        return Err("the repository record is unreadable".into());
+    };
+    let pulls = match forge::list_pull_requests(p, &project.forge, &repo).await {
+        Ok(pulls) => pulls,
+        // The SDK's default for a plugin that cannot list them: webhooks
+        // alone bring its pull requests, which is no failure to warn about.
+        Err(e) if e.to_string().contains("does not list pull requests") => {
+            tracing::debug!(project = %project.name, "{e}");
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    for pr in pulls {
+        let number = i64::try_from(pr.number).map_err(|e| e.to_string())?;
+        let built = store::pull_request_has_rev(&p.db, project.id, number, &pr.head_rev)
+            .await
+            .map_err(|e| e.to_string())?;
+        let waiting = store::event_waits_at(&p.db, &project.forge, &project.name, &pr.head_rev)
+            .await
+            .map_err(|e| e.to_string())?;
+        if built || waiting {
+            continue;
+        }
+        tracing::info!(project = %project.name, number, rev = %pr.head_rev, "reconciliation found an unbuilt head of an open pull request");
+        let change = Change {
+            repository: project.repository.clone(),
+            message: None,
+            kind: ChangeKind::PullRequest {
+                number,
+                action: "opened".into(),
+                trusted: pr.author_trusted && !pr.from_fork,
+                head_rev: pr.head_rev,
+                head_branch: pr.head_branch,
+                head_clone_url: pr.head_clone_url,
+                base_branch: pr.base_branch,
+            },
+        };
+        let outcome = intake::handle(p, &project.forge, &change, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(project = %project.name, number, "reconciliation: {outcome:?}");
     }
     Ok(())
 }

@@ -995,6 +995,28 @@ pub async fn line_has_rev(
     Ok(n > 0)
 }
 
+/// Whether pull request `number` of project `project` has had a target at
+/// head `rev` (built, building or superseded).
+pub async fn pull_request_has_rev(
+    db: &Database,
+    project: i64,
+    number: i64,
+    rev: &str,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = with_pool!(db, pool => {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM targets WHERE project_id = $1 AND kind = 'pull_request' \
+             AND pull_request = $2 AND rev = $3",
+        )
+        .bind(project)
+        .bind(number)
+        .bind(rev)
+        .fetch_one(pool)
+        .await
+    })?;
+    Ok(n > 0)
+}
+
 /// Whether a stored event of `forge` for project `name` at `rev` is still
 /// waiting for intake (reconciliation leaves such a head to it).
 pub async fn event_waits_at(
