@@ -125,4 +125,39 @@ mod tests {
         assert_eq!(new, 200);
         assert_eq!(db.count_deliveries().await.unwrap(), 200);
     }
+
+    /// A delivery the database refuses fails its batch; the others of that
+    /// batch are then stored one by one, and only it gets the error.
+    #[tokio::test]
+    async fn one_refused_delivery_does_not_fail_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(None, &dir.path().join("k.sqlite3"))
+            .await
+            .unwrap();
+        let ingest = Ingest::start(db.clone(), Some(64));
+        // All sent before the writer runs again (one thread): one batch.
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let ingest = ingest.clone();
+                let mut d = delivery(&format!("b{i}"));
+                if i == 4 {
+                    // Not a status the table's CHECK allows.
+                    d.status = "bogus";
+                }
+                tokio::spawn(async move { ingest.store(d).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        for (i, r) in results.iter().enumerate() {
+            if i == 4 {
+                assert!(r.is_err(), "the refused delivery: {r:?}");
+            } else {
+                assert!(matches!(r, Ok(Stored::New(_))), "delivery {i}: {r:?}");
+            }
+        }
+        assert_eq!(db.count_deliveries().await.unwrap(), 9);
+    }
 }

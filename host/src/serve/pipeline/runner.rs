@@ -48,7 +48,7 @@ pub async fn run(p: Arc<Pipeline>) {
                                 p.running.store(tasks.len() + 1, Ordering::Relaxed);
                                 let pipeline = p.clone();
                                 tasks.spawn(async move {
-                                    execute(&pipeline, row).await;
+                                    guarded(pipeline, row).await;
                                     run
                                 });
                             }
@@ -86,8 +86,8 @@ fn finished(
             }
         }
         Err(e) => {
-            // A panic in a run: its row stays `running` and is re-run at the
-            // next start; free nothing we cannot attribute.
+            // `guarded` catches a run's panic; this would be a panic in the
+            // guard itself. Its row is re-run at the next start.
             tracing::error!("a run task failed: {e}");
         }
     }
@@ -223,6 +223,28 @@ fn status_name(status: kiln_engine::job::JobStatus) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+/// [`execute`] in its own task, so that a panic in it (a bug) ends the run
+/// in `error` with a reason instead of leaving it `running` until the next
+/// start, and frees its slot.
+async fn guarded(p: Arc<Pipeline>, run: RunRow) {
+    let (id, attempts) = (run.id, run.attempts);
+    let task = tokio::spawn({
+        let p = p.clone();
+        async move { execute(&p, run).await }
+    });
+    if let Err(e) = task.await {
+        tracing::error!(run = id, "the run's task failed: {e}");
+        p.forget_cancel(id, attempts);
+        let reason =
+            "Kiln failed while running it (see the service's log); rebuild to run it again";
+        if let Err(e) = store::finish_run(&p.db, id, attempts, "error", Some(reason), None).await {
+            tracing::error!(run = id, "cannot record the end of the run: {e}");
+        }
+        p.mark_dirty(id);
+        p.runner_wake.notify_one();
+    }
 }
 
 /// Drive one claimed run to a final state.
