@@ -24,3 +24,4 @@ mod serve;
 mod serve_ingest;
 mod serve_pipeline;
 mod service;
+mod ui_browser;
