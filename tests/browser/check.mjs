@@ -33,8 +33,8 @@ export async function check(browser, { base, run, runningJob, shots }) {
     const desktop = await newContext(browser, state, { viewport: { width: 1280, height: 900 } });
     if (runningJob !== undefined) {
       result.live = await liveLog(state, desktop, runningJob);
-      await waitForRunEnd(state, run);
     }
+    await waitForRunEnd(state, run);
     result.run_page = await runPage(state, desktop, run);
     result.failed_job = await failedJob(state, desktop, run);
     await desktop.close();
@@ -195,6 +195,9 @@ async function runPage(state, context, run) {
   const nodes = await page.$$eval('#job-graph a.node', (as) =>
     as.map((a) => {
       const box = a.getBBox();
+      const rect = a.querySelector('rect');
+      const inside = a.getBoundingClientRect();
+      const svg = a.ownerSVGElement.getBoundingClientRect();
       return {
         href: a.getAttribute('href'),
         classes: [...a.classList],
@@ -202,6 +205,12 @@ async function runPage(state, context, run) {
         rect: a.querySelector('rect') !== null,
         text: a.querySelector('text')?.textContent ?? null,
         box: [box.width, box.height],
+        fill: rect ? getComputedStyle(rect).fill : null,
+        clipped:
+          inside.left < svg.left - 1 ||
+          inside.top < svg.top - 1 ||
+          inside.right > svg.right + 1 ||
+          inside.bottom > svg.bottom + 1,
       };
     }),
   );
@@ -222,6 +231,12 @@ async function runPage(state, context, run) {
     assert(others.length === 0, `node of ${job.attr} also has ${others.join(' ')}`);
     assert(node.rect && node.text !== null, `node of ${job.attr} lacks its <rect> or <text>`);
     assert(node.box[0] > 0 && node.box[1] > 0, `node of ${job.attr} is not drawn (box ${node.box})`);
+    assert(!node.clipped, `node of ${job.attr} lies outside #job-graph`);
+  }
+  // Coloured by status: a failed job's box does not look like a good one's.
+  const fill = (status) => nodes.find((n) => n.classes.includes(`status-${status}`))?.fill;
+  if (fill('failed') && fill('succeeded')) {
+    assert(fill('failed') !== fill('succeeded'), `failed and succeeded nodes are both filled ${fill('failed')}`);
   }
   const edges = await page.locator('#job-graph path.edge').count();
   const critical = await page.locator('#job-graph .critical').count();

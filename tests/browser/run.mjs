@@ -5,8 +5,8 @@
 // benchmark. Nothing here starts Kiln or talks to anything but the URL given.
 //
 //   node run.mjs check <base-url> --run <id> [--running-job <id>] --shots <dir>
-//       Walks the pages of run <id> (see check.mjs); with --running-job, first
-//       watches that job's log grow live, then waits for the run to finish.
+//       Walks the pages of run <id> (see check.mjs): with --running-job, first
+//       watches that job's log grow live; then waits for the run to finish.
 //       Prints `ok: …` lines, then one `RESULT {json}` line; exit status 0
 //       when every check passed, 1 with a `FAIL: …` line otherwise, 2 on
 //       bad usage.
