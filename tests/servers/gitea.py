@@ -9,9 +9,16 @@ warning; `context`, `description` and `target_url` strings when present
 (target_url an absolute http(s) URL). Anything wrong gets 4xx with Gitea's
 `{"message": ..., "url": ...}` error object. Accepted statuses are answered
 201 with a CommitStatus object. GET /_test/state returns every accepted
-status in order and every refused request.
+status in order, every refused request and every git request.
 
-Usage: gitea.py --token TOKEN
+With --git-root DIR, the bare repositories under DIR are served for git
+fetches as Gitea serves them (`/OWNER/REPO.git/info/refs`,
+`/OWNER/REPO.git/git-upload-pack`, through `git http-backend`), to HTTP
+basic auth whose password is the token (any user name, as Gitea takes the
+token's owner); without it, 401 with `WWW-Authenticate`, so git asks its
+credential helper.
+
+Usage: gitea.py --token TOKEN [--git-root DIR]
 Binds 127.0.0.1 on a free port and prints the port as its first line.
 Python 3 standard library only.
 """
@@ -25,17 +32,22 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
+import git_http  # noqa: E402
+
 HEX_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 VALID_STATES = ("pending", "success", "error", "failure", "warning")
 ROUTE = re.compile(r"^/api/v1/repos/([^/]+)/([^/]+)/statuses/([^/]+)$")
 
 
 class Recorder:
-    def __init__(self, token):
+    def __init__(self, token, git_root):
         self.lock = threading.Lock()
         self.token = token
+        self.git_root = git_root
         self.accepted = []
         self.refused = []
+        self.git = []
         self.counter = 0
 
 
@@ -62,14 +74,37 @@ class GiteaHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def do_GET(self):
-        if urlsplit(self.path).path == "/_test/state":
+    def git_user(self):
+        """The basic-auth user when the password is the token, else None."""
+        auth = git_http.basic_auth(self)
+        return auth[0] if auth is not None and auth[1] == REC.token else None
+
+    def git(self, raw):
+        """A git fetch, for a caller holding the token."""
+        url = urlsplit(self.path)
+        user = self.git_user()
+        if REC.git_root is None or user is None:
+            code = 404 if REC.git_root is None else 401
             with REC.lock:
-                return self.reply(200, {"statuses": REC.accepted, "refused": REC.refused})
+                REC.git.append({"path": url.path, "user": user, "status": code})
+            return git_http.reply(self, code, b"Unauthorized\n", [("WWW-Authenticate", 'Basic realm="Gitea"')])
+        code = git_http.serve(self, REC.git_root, url.path, url.query, raw, user)
+        with REC.lock:
+            REC.git.append({"path": url.path, "user": user, "status": code})
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path == "/_test/state":
+            with REC.lock:
+                return self.reply(200, {"statuses": REC.accepted, "refused": REC.refused, "git": REC.git})
+        if git_http.is_git(path):
+            return self.git(b"")
         self.reject(404, "Not Found")
 
     def do_POST(self):
         raw = self.read_body()
+        if git_http.is_git(urlsplit(self.path).path):
+            return self.git(raw)
         match = ROUTE.match(urlsplit(self.path).path)
         if match is None:
             return self.reject(404, "Not Found")
@@ -125,9 +160,10 @@ class GiteaHandler(BaseHTTPRequestHandler):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--token", required=True)
+    parser.add_argument("--git-root")
     args = parser.parse_args()
     global REC
-    REC = Recorder(args.token)
+    REC = Recorder(args.token, args.git_root)
     server = ThreadingHTTPServer(("127.0.0.1", 0), GiteaHandler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
