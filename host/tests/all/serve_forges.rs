@@ -10,20 +10,18 @@
 //! signature is 401 and stores nothing. Gerrit: `patchset-created` webhooks
 //! authenticated by the token in the URL path, the change read again over
 //! REST and fetched from its `refs/changes/…` ref → a `Verified` review per
-//! patchset, -1 listing the failed checks with links, +1 once they pass; a
-//! wrong path token is 401 and stores nothing.
+//! patchset, -1 listing the failed checks with links, +1 once they pass;
+//! `ref-updated` of the branch shares the run of its tree and posts no
+//! review; a wrong path token is 401 and stores nothing.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Child;
 
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::common::python_server;
-use crate::serve_support::{Project, fake_state, git, post, wait_for};
+use crate::serve_support::{Fake, Project, forge_config, git, post, stored, wait_for};
 use crate::service::Server;
 
 /// How long a run of a few tiny checks may take to reach its final state.
@@ -34,74 +32,6 @@ const CHECKS: [(&str, &str); 2] = [
     ("ok", "true"),
     ("broken", "echo the frobnicator is broken >&2; exit 1"),
 ];
-
-/// A stand-in forge process, killed on drop.
-struct Fake {
-    child: Child,
-    port: u16,
-}
-
-impl Fake {
-    /// `script` with `args`, serving the project's git root.
-    fn start(script: &str, project: &Project, args: &[&str]) -> Self {
-        let root = project.git_root();
-        let mut args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        args.extend([OsStr::new("--git-root"), root.as_os_str()]);
-        let log = project.path().join(format!("{script}.log"));
-        let (child, port) = python_server(script, &args, Some(&log));
-        Fake { child, port }
-    }
-
-    fn state(&self) -> Value {
-        fake_state(self.port)
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `kiln.toml` with forge instance `name` of plugin `name` on `fake`:
-/// `settings` (its own keys), the plugin's `secrets` (name, value) in files
-/// and granted, the fake's host granted, and `grant`'s further lines.
-fn forge_config(
-    project: &Project,
-    fake: &Fake,
-    name: &str,
-    settings: &str,
-    secrets: &[(&str, &str)],
-    grant: &str,
-) -> PathBuf {
-    let names: Vec<&str> = secrets.iter().map(|s| s.0).collect();
-    let mut tables = format!(
-        "[forges.{name}]\nplugin = \"{name}\"\n{settings}\ndiscover = false\n\n\
-         [grants.{name}]\nsecrets = {names:?}\nhosts = [\"127.0.0.1:{}\"]\n{grant}",
-        fake.port
-    );
-    for (secret, value) in secrets {
-        let file = project.secret(secret, value);
-        tables.push_str(&format!(
-            "\n[secrets.{secret}]\nfile = \"{}\"\n",
-            file.display()
-        ));
-    }
-    project.config(&tables)
-}
-
-/// Deliveries and events stored.
-fn stored(project: &Project) -> (i64, i64) {
-    (
-        project.count("SELECT COUNT(*) FROM deliveries"),
-        project.count("SELECT COUNT(*) FROM events"),
-    )
-}
 
 // ---------------------------------------------------------------- Gitea
 
@@ -605,9 +535,47 @@ fn gerrit_patchsets_are_fetched_from_their_change_refs_and_voted_on() {
         assert_eq!(parents, format!("{main} {head}"));
     }
 
-    // Each change was read again over REST before it was built, and the
-    // repository was fetched with the account's password.
+    // Submitted: main moves to patchset 2. The branch shares the run of the
+    // same tree, and a branch gets no review.
+    git(
+        &project.work(),
+        &["push", "-q", "origin", "HEAD:refs/heads/main"],
+    );
+    let mut body: Value = serde_json::from_str(include_str!(
+        "../../../plugins/gerrit/tests/fixtures/ref-updated.json"
+    ))
+    .unwrap();
+    body["refUpdate"] = json!({
+        "oldRev": main, "newRev": second, "refName": "refs/heads/main", "project": GERRIT_PROJECT,
+    });
+    let (status, answer) = post(&server, &path, &[], &body.to_string());
+    assert_eq!(status, 202, "{answer}");
+    wait_for(&server, FINAL_SECS, "the push became no target", || {
+        (project.count("SELECT COUNT(*) FROM targets") == 3).then_some(())
+    });
+    let push: Vec<(String, Option<String>, String, i64)> = project.query(
+        "SELECT kind, branch, rev, (SELECT COUNT(*) FROM runs) FROM targets ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(
+        push,
+        [("push".into(), Some("main".into()), second.clone(), 2)]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(gerrit.state()["reviews"].as_array().unwrap().len(), 2);
+
+    // Each change was read again over REST before it was built, the pushed
+    // commit for its message, and the repository was fetched with the
+    // account's password.
     let state = gerrit.state();
+    let commit_read = format!("/a/projects/infra%2Fwidget/commits/{second}");
+    assert!(
+        state["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["target"] == commit_read.as_str()),
+        "{state}"
+    );
     let reads = state["requests"].as_array().unwrap();
     let change_reads = reads
         .iter()

@@ -1,16 +1,18 @@
 //! Parts of a `kiln serve` end-to-end test that do not depend on the forge:
 //! a project (a work tree, its bare remote at a path the fake forge serves,
 //! salted checks so each test really builds), the `kiln serve` command line,
-//! webhooks posted with any headers and path, a fake forge's recorded
-//! state, SQLite queries and waiting for a condition.
+//! a stand-in forge (`tests/servers/*.py`) serving the project's git root
+//! and its `kiln.toml` tables, webhooks posted with any headers and path,
+//! SQLite queries and waiting for a condition.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{salt, sh};
+use crate::common::{python_server, salt, sh};
 use crate::service::Server;
 
 /// `git -C dir ARGS` with a fixed identity; its trimmed stdout.
@@ -200,12 +202,76 @@ pub fn post(server: &Server, path: &str, headers: &[(&str, &str)], body: &str) -
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// `GET /_test/state` of a fake forge on `port`.
-pub fn fake_state(port: u16) -> Value {
-    let mut r = ureq::get(format!("http://127.0.0.1:{port}/_test/state"))
-        .call()
-        .unwrap();
-    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+/// A stand-in forge process, killed on drop.
+pub struct Fake {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Fake {
+    /// `script` with `args`, serving the project's git root.
+    pub fn start(script: &str, project: &Project, args: &[&str]) -> Self {
+        let root = project.git_root();
+        let mut args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        args.extend([OsStr::new("--git-root"), root.as_os_str()]);
+        let log = project.path().join(format!("{script}.log"));
+        let (child, port) = python_server(script, &args, Some(&log));
+        Fake { child, port }
+    }
+
+    pub fn state(&self) -> Value {
+        let mut r = ureq::get(format!("http://127.0.0.1:{}/_test/state", self.port))
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kiln.toml` with forge instance `name` of plugin `name` on `fake`:
+/// `settings` (its own keys), the plugin's `secrets` (name, value) in files
+/// and granted, the fake's host granted, and `grant`'s further lines.
+pub fn forge_config(
+    project: &Project,
+    fake: &Fake,
+    name: &str,
+    settings: &str,
+    secrets: &[(&str, &str)],
+    grant: &str,
+) -> PathBuf {
+    let names: Vec<&str> = secrets.iter().map(|s| s.0).collect();
+    let mut tables = format!(
+        "[forges.{name}]\nplugin = \"{name}\"\n{settings}\ndiscover = false\n\n\
+         [grants.{name}]\nsecrets = {names:?}\nhosts = [\"127.0.0.1:{}\"]\n{grant}",
+        fake.port
+    );
+    for (secret, value) in secrets {
+        let file = project.secret(secret, value);
+        tables.push_str(&format!(
+            "\n[secrets.{secret}]\nfile = \"{}\"\n",
+            file.display()
+        ));
+    }
+    project.config(&tables)
+}
+
+/// Deliveries and events stored.
+pub fn stored(project: &Project) -> (i64, i64) {
+    (
+        project.count("SELECT COUNT(*) FROM deliveries"),
+        project.count("SELECT COUNT(*) FROM events"),
+    )
 }
 
 /// Poll `done` every 100 ms until it gives a value; after `secs` seconds
