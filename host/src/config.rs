@@ -65,7 +65,8 @@ pub struct ServeConfig {
     /// Runs at once of one project (default 1), so that one busy
     /// repository cannot take every slot.
     pub max_runs_per_project: Option<usize>,
-    /// Build slots of each run (default: the number of CPUs).
+    /// Build slots shared by all runs in progress (default: the number of
+    /// CPUs): never more builds than this at once, however many runs.
     pub max_jobs: Option<usize>,
     /// Seconds between reconciliations with the forges: discovery by
     /// topic, and branch heads compared with what was built (default 300;

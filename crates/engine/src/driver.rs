@@ -26,6 +26,7 @@ use crate::progress::Progress;
 use crate::report::{JobReport, PostBuildResult, PostBuildStatus};
 use crate::run::{PostBuildHook, RunObserver};
 use crate::scheduler::{JobId, Scheduler, SystemId};
+use crate::slots::SlotPool;
 
 mod record;
 
@@ -52,6 +53,17 @@ pub struct DriverConfig {
     pub post_build: Option<Arc<dyn PostBuildHook>>,
     /// Told about each job as it changes.
     pub observer: Option<Arc<dyn RunObserver>>,
+    /// Build slots shared with other runs, taken per batch on top of
+    /// `max_jobs`.
+    pub slots: Option<Arc<SlotPool>>,
+}
+
+/// Resolves when `pool` has slots given back; never without a pool.
+async fn slots_freed(pool: Option<&SlotPool>) {
+    match pool {
+        Some(pool) => pool.freed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a finished (or cancelled) drive produced.
@@ -125,11 +137,16 @@ impl Driver {
         let mut eval_open = true;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut cancelled = *cancel.borrow();
+        let pool = self.cfg.slots.clone();
         while !cancelled {
             if !eval_open && eval_result.is_some() && self.idle() {
                 break;
             }
+            // Ready work held back by the shared pool: wake when another run
+            // gives slots back.
+            let starved = pool.is_some() && self.sched.ready() > 0;
             tokio::select! {
+                () = slots_freed(pool.as_deref()), if starved => {}
                 job = eval_rx.recv(), if eval_open => match job {
                     Some(job) => {
                         let mut batch = vec![job];
@@ -206,6 +223,20 @@ impl Driver {
     fn notify(&self, id: JobId) {
         if let Some(o) = &self.cfg.observer {
             o.job(id, &self.jobs[id as usize].to_live_report());
+        }
+    }
+
+    /// Forget batch `batch`, giving its shared slots back.
+    fn end_batch(&mut self, batch: u64) {
+        if let Some((slots, _)) = self.batches.remove(&batch) {
+            self.give_slots(slots);
+        }
+    }
+
+    /// Give `n` slots back to the shared pool, if there is one.
+    fn give_slots(&self, n: usize) {
+        if let Some(pool) = &self.cfg.slots {
+            pool.give(n);
         }
     }
 
@@ -446,7 +477,16 @@ impl Driver {
     fn dispatch(&mut self) {
         loop {
             let used: usize = self.batches.values().map(|b| b.0).sum();
-            let free = self.cfg.max_jobs.saturating_sub(used);
+            let own = self.cfg.max_jobs.saturating_sub(used);
+            if own == 0 || self.sched.ready() == 0 {
+                return;
+            }
+            // Slots shared with other runs: take what this run may use; what
+            // the batch does not need goes back below.
+            let free = match &self.cfg.slots {
+                Some(pool) => pool.take(own),
+                None => own,
+            };
             if free == 0 {
                 return;
             }
@@ -458,6 +498,7 @@ impl Driver {
                 .find(|&&s| s >= self.next_system)
                 .or(ready.first())
             else {
+                self.give_slots(free);
                 return;
             };
             self.next_system = system.wrapping_add(1);
@@ -475,9 +516,11 @@ impl Driver {
             if ids.is_empty() {
                 // Only stale heap entries were left for this system (now
                 // dropped); look again.
+                self.give_slots(free);
                 continue;
             }
             let slots = free.min(ids.len());
+            self.give_slots(free - slots);
             tracing::debug!(
                 batch = self.next_batch,
                 jobs = ids.len(),
@@ -524,8 +567,22 @@ impl Driver {
                 self.notify(job);
             }
             ExecEvent::Slots { batch, in_use } => {
-                if let Some(s) = self.batches.get_mut(&batch) {
-                    s.0 = in_use;
+                let Some(held) = self.batches.get(&batch).map(|b| b.0) else {
+                    return;
+                };
+                // The shared pool follows the batch: slots its tail no longer
+                // needs go back at once, and a batch whose work grew takes
+                // what the pool can spare.
+                let now = match &self.cfg.slots {
+                    Some(pool) if in_use < held => {
+                        pool.give(held - in_use);
+                        in_use
+                    }
+                    Some(pool) => held + pool.take(in_use - held),
+                    None => in_use,
+                };
+                if let Some(b) = self.batches.get_mut(&batch) {
+                    b.0 = now;
                 }
             }
             ExecEvent::Finished { batch, job, result } => {
@@ -565,7 +622,7 @@ impl Driver {
                 leftover,
                 reason,
             } => {
-                self.batches.remove(&batch);
+                self.end_batch(batch);
                 for id in leftover {
                     self.leftover(id, &reason);
                 }
@@ -650,7 +707,7 @@ impl Driver {
         while !self.batches.is_empty() {
             match self.exec_rx.recv().await {
                 Some(ExecEvent::Done { batch, .. }) => {
-                    self.batches.remove(&batch);
+                    self.end_batch(batch);
                 }
                 Some(ev @ ExecEvent::Finished { .. }) => self.on_exec(ev),
                 Some(_) => {}

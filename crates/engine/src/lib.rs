@@ -20,4 +20,5 @@ pub mod repo_config;
 pub mod report;
 pub mod run;
 pub mod scheduler;
+pub mod slots;
 pub mod source;

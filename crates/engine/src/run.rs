@@ -103,6 +103,9 @@ pub struct RunOptions {
     pub post_build: Option<Arc<dyn PostBuildHook>>,
     /// Told about each job as it changes; `None` for `kiln run`.
     pub observer: Option<Arc<dyn RunObserver>>,
+    /// Build slots shared with other runs (`kiln serve`); `None` for `kiln
+    /// run`, whose `max_jobs` alone bounds it.
+    pub slots: Option<Arc<crate::slots::SlotPool>>,
     /// The change built (branch, default branch, pull request, fork): which
     /// `buildbot-nix.toml` selects the post-build steps, and what they see.
     pub change: ChangeOptions,
@@ -142,6 +145,7 @@ impl RunOptions {
             failed_cache: None,
             post_build: None,
             observer: None,
+            slots: None,
             change: ChangeOptions::default(),
             progress: Mode::Quiet,
         }
@@ -244,6 +248,7 @@ pub async fn run(opts: RunOptions, cancel: watch::Receiver<bool>) -> Result<RunO
         failed_cache: opts.failed_cache.clone(),
         post_build: opts.post_build.clone(),
         observer: opts.observer.clone(),
+        slots: opts.slots.clone(),
     };
     let driven = Driver::new(nix, cfg, Progress::new(opts.progress))
         .drive(rx, eval_task, cancel)

@@ -611,3 +611,69 @@ async fn a_chatty_check_past_its_timeout_is_timed_out_with_a_capped_log() {
         log.len()
     );
 }
+
+/// Counts jobs running over several runs at once, and the peak.
+#[derive(Default)]
+struct Concurrency {
+    running: std::sync::Mutex<(std::collections::HashSet<(usize, u32)>, usize)>,
+}
+
+struct RunCounter {
+    shared: Arc<Concurrency>,
+    run: usize,
+}
+
+impl kiln_engine::run::RunObserver for RunCounter {
+    fn job(&self, index: u32, job: &JobReport) {
+        let mut g = self.shared.running.lock().unwrap();
+        if job.status == JobStatus::Running {
+            g.0.insert((self.run, index));
+        } else {
+            g.0.remove(&(self.run, index));
+        }
+        g.1 = g.1.max(g.0.len());
+    }
+}
+
+/// Two runs sharing a pool of one build slot never build two jobs at once,
+/// though each may use two; both still build everything.
+#[tokio::test]
+async fn runs_sharing_a_slot_pool_never_build_more_than_its_size() {
+    let shared = Arc::new(Concurrency::default());
+    let pool = Arc::new(kiln_engine::slots::SlotPool::new(1));
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for run_index in 0..2 {
+        let flake = dir.path().join(format!("flake-{run_index}"));
+        write_flake(
+            &flake,
+            r#"{
+      checks.x86_64-linux = {
+        a = mk "a" "sleep 0.5; echo a > $out" [ ];
+        b = mk "b" "sleep 0.5; echo b > $out" [ ];
+        c = mk "c" "sleep 0.5; echo c > $out" [ ];
+      };
+    }"#,
+        );
+        let mut opts = options(&flake, &dir.path().join(format!("logs-{run_index}")));
+        opts.slots = Some(pool.clone());
+        opts.observer = Some(Arc::new(RunCounter {
+            shared: shared.clone(),
+            run: run_index,
+        }));
+        runs.push(tokio::spawn(go(opts)));
+    }
+    for r in runs {
+        let report = r.await.unwrap();
+        for attr in ["a", "b", "c"] {
+            assert_eq!(
+                status(&report, &format!("{SYSTEM}.{attr}")),
+                JobStatus::Succeeded
+            );
+        }
+    }
+    let (still, peak) = shared.running.lock().unwrap().clone();
+    assert!(still.is_empty(), "{still:?}");
+    assert_eq!(peak, 1, "at most one job built at a time");
+    assert_eq!(pool.in_use(), 0, "every slot given back");
+}

@@ -161,7 +161,13 @@ pub async fn fetch_rev(
         .await;
         if let (Err(e), Some(b)) = (&by_id, branch) {
             tracing::debug!("fetching {rev} by id failed ({e}); fetching branch {b}");
-            let spec = format!("+refs/heads/{b}:{local_ref}");
+            // A full ref (a Gerrit change's `refs/changes/…`) is fetched as
+            // it is; a branch name lives under `refs/heads/`.
+            let spec = if b.starts_with("refs/") {
+                format!("+{b}:{local_ref}")
+            } else {
+                format!("+refs/heads/{b}:{local_ref}")
+            };
             git(
                 Some(mirror),
                 &["fetch", "--quiet", "--no-tags", url, &spec],

@@ -52,7 +52,7 @@ pub struct Settings {
     pub max_runs: usize,
     /// Runs at once per project.
     pub max_runs_per_project: usize,
-    /// Build slots per run.
+    /// Build slots shared by all runs.
     pub max_jobs: usize,
     /// Reconciliation period; zero = only at start.
     pub poll_interval: Duration,
@@ -130,8 +130,10 @@ pub struct Slots {
     pub runs_total: usize,
     /// Runs running now.
     pub runs_in_use: usize,
-    /// Build slots of each run.
-    pub jobs_per_run: usize,
+    /// Build slots shared by all runs.
+    pub jobs_total: usize,
+    /// Build slots in use now.
+    pub jobs_in_use: usize,
 }
 
 /// The pipeline's shared state.
@@ -151,6 +153,8 @@ pub struct Pipeline {
     /// switch, never that of a later start of the same run.
     pub(crate) cancels: Mutex<HashMap<i64, (i64, watch::Sender<bool>)>>,
     pub(crate) running: AtomicUsize,
+    /// Build slots shared by the runs in progress (`max_jobs`).
+    pub(crate) build_slots: Arc<kiln_engine::slots::SlotPool>,
     /// Runs whose statuses must be recomputed.
     pub(crate) dirty: Mutex<std::collections::BTreeSet<i64>>,
     pub(crate) metrics: Metrics,
@@ -164,6 +168,7 @@ impl Pipeline {
         forges: BTreeMap<String, ForgeInstance>,
         settings: Settings,
     ) -> Arc<Self> {
+        let build_slots = Arc::new(kiln_engine::slots::SlotPool::new(settings.max_jobs));
         Arc::new(Pipeline {
             db,
             plugins,
@@ -174,6 +179,7 @@ impl Pipeline {
             report_wake: Notify::new(),
             cancels: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
+            build_slots,
             dirty: Mutex::new(Default::default()),
             metrics: Metrics::default(),
         })
@@ -203,7 +209,8 @@ impl Pipeline {
         Slots {
             runs_total: self.settings.max_runs,
             runs_in_use: self.running.load(Ordering::Relaxed),
-            jobs_per_run: self.settings.max_jobs,
+            jobs_total: self.build_slots.limit(),
+            jobs_in_use: self.build_slots.in_use(),
         }
     }
 

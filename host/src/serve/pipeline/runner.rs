@@ -303,6 +303,7 @@ async fn drive(p: &Arc<Pipeline>, run: &RunRow) -> Result<Option<Summary>, Strin
     let mut opts = RunOptions::new(format!("git+file://{}", mirror.display()), log_dir);
     opts.rev = Some(run.rev.clone());
     opts.max_jobs = p.settings.max_jobs;
+    opts.slots = Some(p.build_slots.clone());
     opts.systems = p.settings.systems.clone();
     opts.change = ChangeOptions {
         branch: run.branch.clone(),

@@ -15,7 +15,8 @@ mod bindings {
 }
 
 use bindings::kiln::plugin::forge_types::{
-    GitCredentials, Repository, WebhookDisposition, WebhookError, WebhookOutcome, WebhookRequest,
+    GitCredentials, PullRequest, Repository, WebhookDisposition, WebhookError, WebhookOutcome,
+    WebhookRequest,
 };
 use bindings::kiln::plugin::types::{Capabilities, PluginError, PluginInfo, WorldKind};
 
@@ -63,6 +64,13 @@ impl bindings::Guest for Incomplete {
             password: None,
             valid_for_seconds: None,
         })
+    }
+
+    fn list_pull_requests(
+        _repository: Repository,
+        _config: Vec<(String, String)>,
+    ) -> Result<Vec<PullRequest>, PluginError> {
+        Ok(vec![])
     }
 }
 
