@@ -1,7 +1,14 @@
 //! The web UI: server-rendered pages (maud) at `/`, readable without
-//! JavaScript; a few lines of script add live logs and filtering.
+//! JavaScript; one small script (`assets/kiln.js`) adds the live log, log
+//! search and nothing else. Every page reads through the same access rules
+//! as the REST API (a private project's pages answer 404 to those the authz
+//! plugin does not let read it), and every control form posts to a route
+//! here that checks the session's CSRF token, then asks the authz plugin.
 //!
-//! Being built (issue 6); see docs/ARCHITECTURE.md once it lands.
+//! Pages: `/` (projects and their latest run per branch), `/projects/{id}`
+//! (its runs), `/runs/{id}` (summary, job graph, jobs filterable by
+//! status, control forms), `/jobs/{id}` (status, log live over SSE),
+//! `/workers`, `/plugins`, and `/badge/{project}.svg`.
 
 use std::sync::Arc;
 
@@ -9,7 +16,10 @@ use axum::Router;
 
 use crate::serve::app::AppState;
 
+pub mod assets;
+pub mod layout;
+
 /// The UI's routes.
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
+    Router::new().merge(assets::router())
 }
