@@ -2,7 +2,8 @@
 //! test suite). `plugin-call` and `plugin-startup` measure the runtime;
 //! `scheduler` and `run` are the pipeline's, from `kiln-engine`; `upload`
 //! (in `bench_upload.rs`) is the binary-cache plugin against `nix copy`;
-//! `serve` (in `bench_serve.rs`) is the `kiln serve` service.
+//! `serve` (in `bench_serve.rs`) is the `kiln serve` service; `ui` (in
+//! `bench_ui.rs`) its web UI.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use kiln_runtime::{CallContext, CompileCache, Grant, Limits, Runtime};
 mod bench_ingest;
 #[path = "bench_serve.rs"]
 mod bench_serve;
+#[path = "bench_ui.rs"]
+mod bench_ui;
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -42,6 +45,9 @@ pub enum BenchCommand {
     /// `kiln serve` webhook ingest: signed pushes accepted and stored per
     /// second with group commit, against one transaction per request.
     Ingest(bench_ingest::IngestArgs),
+    /// The web UI: first byte of a 5,000-job run page against the same
+    /// jobs as JSON, and the browser's time to show its job graph.
+    Ui(bench_ui::UiBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +77,7 @@ pub fn main(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Upload(args) => block_on(super::bench_upload::upload(args)),
         BenchCommand::Serve(args) => bench_serve::main(args),
         BenchCommand::Ingest(args) => bench_ingest::main(args),
+        BenchCommand::Ui(args) => bench_ui::main(args),
     }
 }
 

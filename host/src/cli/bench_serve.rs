@@ -218,7 +218,7 @@ pub(super) struct ServeProcess {
 }
 
 impl ServeProcess {
-    fn start(dir: &Path, config: &Path, data_dir: &Path) -> Result<Self, String> {
+    pub(super) fn start(dir: &Path, config: &Path, data_dir: &Path) -> Result<Self, String> {
         Self::start_with_env(dir, config, data_dir, &[])
     }
 
@@ -282,7 +282,7 @@ impl ServeProcess {
     }
 
     /// The last lines of its stderr, for error messages.
-    fn stderr_tail(&self) -> String {
+    pub(super) fn stderr_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
@@ -691,7 +691,7 @@ fn end_to_end(rt: &tokio::runtime::Runtime, args: &ServeBenchArgs) -> Result<(),
 // 2. Persistence.
 
 /// A project, and a running run of it with one active target, in `db`.
-async fn running_run(db: &Database, tag: &str) -> Result<(i64, i64), String> {
+pub(super) async fn running_run(db: &Database, tag: &str) -> Result<(i64, i64), String> {
     let doing = |what: &str, e: sqlx::Error| format!("{what}: {e}");
     let project = store::upsert_project(
         db,
@@ -729,7 +729,7 @@ async fn running_run(db: &Database, tag: &str) -> Result<(i64, i64), String> {
 }
 
 /// A synthetic job as the engine reports it.
-fn job(system: &str, i: usize, status: JobStatus) -> JobReport {
+pub(super) fn job(system: &str, i: usize, status: JobStatus) -> JobReport {
     let name = format!("job-{i:06}");
     let hash = hex::encode(&Sha256::digest(name.as_bytes())[..16]);
     let built = status == JobStatus::Succeeded;
@@ -921,14 +921,21 @@ async fn persist(args: &ServeBenchArgs) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // 3. GET /api/v1/runs/{id} under load.
 
-async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
-    let n = args.run_jobs.max(1);
+/// A temporary directory with a `data/` directory holding a new SQLite
+/// database, opened.
+pub(super) async fn scratch_database() -> Result<(tempfile::TempDir, PathBuf, Database), String> {
     let tmp = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     let db = Database::open(None, &data.join("kiln.sqlite3"))
         .await
         .map_err(|e| format!("cannot open SQLite in {}: {e}", data.display()))?;
+    Ok((tmp, data, db))
+}
+
+async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
+    let n = args.run_jobs.max(1);
+    let (tmp, data, db) = scratch_database().await?;
     let (run, attempt) = running_run(&db, "api").await?;
     let writes: Vec<JobWrite> = (0..n)
         .map(|i| JobWrite {

@@ -93,7 +93,9 @@ async fn act(
     apply(state, subject, run, job, control).await
 }
 
-async fn apply(
+/// Apply `control` to run `id` (job `job` for a job's rebuild) for
+/// `subject`, once the authz plugin agrees; shared with the web UI's forms.
+pub(crate) async fn apply(
     state: &AppState,
     subject: Subject,
     id: i64,

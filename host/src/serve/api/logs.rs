@@ -95,13 +95,35 @@ pub async fn stream(
     State(state): State<Arc<crate::serve::app::AppState>>,
     headers: HeaderMap,
     Path(id): Path<i64>,
+    axum::extract::Query(from): axum::extract::Query<From>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let subject = caller(&state, &headers).await?;
-    let (job, ..) = jobs::readable(&state, subject.as_ref(), id).await?;
+    follow(&state, subject.as_ref(), &headers, id, from.from).await
+}
+
+/// `?from=`: the byte offset to start at (a page that already shows the
+/// log up to there); `Last-Event-ID` takes precedence.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct From {
+    /// Byte offset.
+    pub from: Option<u64>,
+}
+
+/// Follow the log of job `id` as `subject`, from `Last-Event-ID`, else
+/// `from`, else the start. The web UI's live log shares it.
+pub async fn follow(
+    state: &crate::serve::app::AppState,
+    subject: Option<&kiln_runtime::bindings::authz_types::Subject>,
+    headers: &HeaderMap,
+    id: i64,
+    from: Option<u64>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
+    let (job, ..) = jobs::readable(state, subject, id).await?;
     let offset = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(from)
         .unwrap_or(0);
     let follow = Follow {
         db: state.db.clone(),

@@ -69,6 +69,12 @@ pub async fn list(
 ) -> Result<Json<PluginList>, ApiError> {
     // A bad token is refused here as everywhere else.
     caller(&state, &headers).await?;
+    Ok(Json(entries(&state)))
+}
+
+/// Every plugin loaded, with what it asks for and is granted, and the files
+/// that failed to load.
+pub fn entries(state: &AppState) -> PluginList {
     let host = &state.plugins;
     let mut plugins: Vec<PluginEntry> = host
         .registry
@@ -106,5 +112,5 @@ pub async fn list(
             error: f.error,
         })
         .collect();
-    Ok(Json(PluginList { plugins, failures }))
+    PluginList { plugins, failures }
 }

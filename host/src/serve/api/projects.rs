@@ -98,6 +98,15 @@ pub async fn list(
     Query(page): Query<Page>,
 ) -> Result<Json<Paged<Project>>, ApiError> {
     let subject = caller(&state, &headers).await?;
+    Ok(Json(visible(&state, subject.as_ref(), &page).await?))
+}
+
+/// One page of the projects `subject` may read, newest first.
+pub async fn visible(
+    state: &AppState,
+    subject: Option<&kiln_runtime::bindings::authz_types::Subject>,
+    page: &Page,
+) -> Result<Paged<Project>, ApiError> {
     let sql =
         format!("SELECT {COLUMNS} FROM projects p WHERE p.id < $1 ORDER BY p.id DESC LIMIT $2");
     let rows: Vec<Tuple> = with_pool!(&state.db, pool => {
@@ -110,17 +119,17 @@ pub async fn list(
     .map_err(|e| ApiError::database("listing projects", e))?;
     let scanned = rows.len();
     let last = rows.last().map(|r| r.0);
-    let mut readable = Readable::new(&state, subject.as_ref());
+    let mut readable = Readable::new(state, subject);
     let mut items = Vec::with_capacity(rows.len());
     for p in rows.into_iter().map(project) {
         if readable.project(&p.access()).await {
             items.push(p);
         }
     }
-    Ok(Json(Paged {
+    Ok(Paged {
         items,
-        next_before: next_before(scanned, &page, last),
-    }))
+        next_before: next_before(scanned, page, last),
+    })
 }
 
 /// The latest run of one branch.

@@ -175,6 +175,16 @@ pub async fn in_state(db: &Database, state: &str) -> Result<Vec<Run>, sqlx::Erro
     })
 }
 
+/// The newest `limit` runs of `project`, newest first.
+pub async fn of_project(db: &Database, project: i64, limit: i64) -> Result<Vec<Run>, sqlx::Error> {
+    let sql =
+        format!("SELECT {COLUMNS} {FROM} WHERE r.project_id = $1 ORDER BY r.id DESC LIMIT $2");
+    with_pool!(db, pool => {
+        let rows = sqlx::query(&sql).bind(project).bind(limit).fetch_all(pool).await?;
+        rows.iter().map(run).collect()
+    })
+}
+
 /// The latest run of each pushed branch of `project`, by branch.
 pub async fn latest_per_branch(
     db: &Database,
@@ -334,7 +344,7 @@ type TargetTuple = (
     i64,
 );
 
-async fn targets(db: &Database, run: i64) -> Result<Vec<Target>, sqlx::Error> {
+pub async fn targets(db: &Database, run: i64) -> Result<Vec<Target>, sqlx::Error> {
     let rows: Vec<TargetTuple> = with_pool!(db, pool => {
         sqlx::query_as(
             "SELECT id, kind, branch, pull_request, rev, state, created_at FROM targets \
