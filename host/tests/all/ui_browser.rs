@@ -327,6 +327,35 @@ fn a_browser_sees_the_graph_the_logs_live_and_a_refusal_and_fits_a_phone() {
     assert_eq!(bench["edges"], 1, "{bench}");
     assert!(bench["median"]["graph_ms"].as_f64() > Some(0.0), "{bench}");
 
+    // The other pages, over the same socket, with the same data.
+    let project = detail["project"]["id"].as_i64().unwrap();
+    let index = server.get("/");
+    assert!(
+        index.contains(&format!("href=\"/projects/{project}\"")),
+        "{index}"
+    );
+    assert!(index.contains(&format!("href=\"/runs/{run}\"")), "{index}");
+    assert!(index.contains("id=\"sign-in\""), "{index}");
+    let page = server.get(&format!("/projects/{project}"));
+    assert!(
+        page.contains(REPO) && page.contains(&format!("href=\"/runs/{run}\"")),
+        "{page}"
+    );
+    assert!(page.contains("status-failed"), "{page}");
+    let workers = server.get("/workers");
+    assert!(workers.contains("0 of 2 build slots in use"), "{workers}");
+    let plugins = server.get("/plugins");
+    assert!(
+        plugins.contains("github") && plugins.contains("github-token"),
+        "{plugins}"
+    );
+    assert!(plugins.contains("authz-default"), "{plugins}");
+    let badge = server.get(&format!("/badge/{REPO}.svg"));
+    assert!(
+        badge.starts_with("<svg") && badge.contains(">failed<"),
+        "{badge}"
+    );
+
     let _ = github.kill();
     let _ = github.wait();
 }
