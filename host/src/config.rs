@@ -43,6 +43,67 @@ pub struct KilnConfig {
     /// `<instance>` of `/webhooks/<instance>`).
     #[serde(default)]
     pub forges: BTreeMap<String, ForgeInstance>,
+    /// Sign-in to `kiln serve`'s web UI.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: how people sign in to the web UI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Sign-in providers, by name (the `<provider>` of `/login/<provider>`
+    /// and the provider of a signed-in subject).
+    #[serde(default)]
+    pub providers: BTreeMap<String, AuthProvider>,
+}
+
+/// What kind of service a sign-in provider is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// GitHub or GitHub Enterprise (OAuth app).
+    Github,
+    /// Gitea or Forgejo (OAuth2 application).
+    Gitea,
+    /// Any OpenID Connect provider, found by discovery.
+    Oidc,
+}
+
+impl ProviderKind {
+    /// The name written in `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Github => "github",
+            ProviderKind::Gitea => "gitea",
+            ProviderKind::Oidc => "oidc",
+        }
+    }
+}
+
+/// `[auth.providers.<name>]`: one OAuth or OIDC provider. Which URL keys
+/// apply depends on `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthProvider {
+    /// `github`, `gitea` or `oidc`.
+    pub kind: ProviderKind,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The `[secrets.<name>]` holding the client secret.
+    pub client_secret: String,
+    /// github: the REST API (default `https://api.github.com`).
+    pub api: Option<String>,
+    /// github: the web host that signs in (default `https://github.com`).
+    pub web: Option<String>,
+    /// gitea: the instance (`https://codeberg.org`).
+    pub url: Option<String>,
+    /// oidc: the issuer; `{issuer}/.well-known/openid-configuration` names
+    /// the endpoints.
+    pub issuer: Option<String>,
+    /// Scopes asked for (github: `read:org`; gitea: none; oidc: `openid
+    /// profile email`).
+    pub scopes: Option<Vec<String>>,
 }
 
 /// `[serve]`: the service's address and state. Every key is optional.
@@ -296,6 +357,7 @@ impl KilnConfig {
             }
         }
         check_forges(path, text, &config)?;
+        check_auth(path, text, &config)?;
         for (name, source) in &config.secrets {
             if source.file.is_some() == source.env.is_some() {
                 return Err(ConfigError::Invalid {
@@ -464,6 +526,74 @@ fn check_forges(path: &Path, text: &str, config: &KilnConfig) -> Result<(), Conf
     Ok(())
 }
 
+/// Each `[auth.providers.<name>]` has a name usable in a URL path, the
+/// URL keys of its kind and a defined client secret. Errors name the line.
+fn check_auth(path: &Path, text: &str, config: &KilnConfig) -> Result<(), ConfigError> {
+    for (name, provider) in &config.auth.providers {
+        let line = text
+            .lines()
+            .position(|l| {
+                let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+                [
+                    format!("[auth.providers.{name}]"),
+                    format!("[auth.providers.\"{name}\"]"),
+                ]
+                .contains(&l)
+            })
+            .map_or(1, |i| i + 1);
+        let err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            message: format!("[auth.providers.{name}] {message}"),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(err(
+                "is used in `/login/<provider>`; use only letters, digits, `-`, `_` and `.`".into(),
+            ));
+        }
+        let given = [
+            ("api", provider.api.is_some()),
+            ("web", provider.web.is_some()),
+            ("url", provider.url.is_some()),
+            ("issuer", provider.issuer.is_some()),
+        ];
+        let (allowed, required): (&[&str], Option<&str>) = match provider.kind {
+            ProviderKind::Github => (&["api", "web"], None),
+            ProviderKind::Gitea => (&["url"], Some("url")),
+            ProviderKind::Oidc => (&["issuer"], Some("issuer")),
+        };
+        let kind = provider.kind.as_str();
+        if let Some((key, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+            return Err(err(format!(
+                "`{key}` does not apply to kind `{kind}` (it takes {})",
+                allowed
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if let Some(key) = required
+            && !given.iter().any(|(k, set)| *k == key && *set)
+        {
+            return Err(err(format!("kind `{kind}` needs `{key}`")));
+        }
+        let secret = &provider.client_secret;
+        if !config.secrets.contains_key(secret) && std::env::var_os(env_override(secret)).is_none()
+        {
+            return Err(err(format!(
+                "client_secret names `{secret}`, which is neither a [secrets.{secret}] section nor set as {}",
+                env_override(secret)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The 1-based lines of each top-level `[[name]]` header, in order.
 fn array_table_lines(text: &str, name: &str) -> Vec<usize> {
     text.lines()
@@ -570,6 +700,66 @@ mod tests {
         assert!(!p.secrets_on_fork_pull_requests);
         assert_eq!(c.serve, ServeConfig::default());
         assert!(c.forges.is_empty());
+        assert!(c.auth.providers.is_empty());
+    }
+
+    #[test]
+    fn auth_providers_parse() {
+        let c = KilnConfig::parse(
+            Path::new("k.toml"),
+            "[secrets.gh]\nenv = \"X\"\n\n[auth.providers.github]\nkind = \"github\"\nclient_id = \"id\"\nclient_secret = \"gh\"\n\n[auth.providers.sso]\nkind = \"oidc\"\nclient_id = \"kiln\"\nclient_secret = \"gh\"\nissuer = \"https://sso.example\"\nscopes = [\"openid\", \"groups\"]\n",
+        )
+        .unwrap();
+        let github = &c.auth.providers["github"];
+        assert_eq!(github.kind, ProviderKind::Github);
+        assert_eq!((github.api.as_deref(), github.web.as_deref()), (None, None));
+        let sso = &c.auth.providers["sso"];
+        assert_eq!(sso.kind, ProviderKind::Oidc);
+        assert_eq!(sso.issuer.as_deref(), Some("https://sso.example"));
+        assert_eq!(
+            sso.scopes.as_deref(),
+            Some(&["openid".to_owned(), "groups".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn malformed_auth_providers_name_the_line() {
+        let head = "[secrets.s]\nenv = \"X\"\n\n";
+        let cases = [
+            (
+                format!("{head}[auth.providers.gh]\nkind = \"gitlab\"\n"),
+                "k.toml:5:",
+                "unknown variant `gitlab`",
+            ),
+            (
+                format!("{head}[auth.providers.gh]\nkind = \"github\"\nclient_id = \"i\"\nclient_secret = \"s\"\nissuer = \"x\"\n"),
+                "k.toml:4:",
+                "`issuer` does not apply to kind `github`",
+            ),
+            (
+                format!("{head}[auth.providers.tea]\nkind = \"gitea\"\nclient_id = \"i\"\nclient_secret = \"s\"\n"),
+                "k.toml:4:",
+                "kind `gitea` needs `url`",
+            ),
+            (
+                format!("{head}[auth.providers.\"a/b\"]\nkind = \"oidc\"\nclient_id = \"i\"\nclient_secret = \"s\"\nissuer = \"x\"\n"),
+                "k.toml:4:",
+                "/login/<provider>",
+            ),
+            (
+                "\n[auth.providers.sso]\nkind = \"oidc\"\nclient_id = \"i\"\nclient_secret = \"nowhere-undefined\"\nissuer = \"x\"\n".to_owned(),
+                "k.toml:2:",
+                "client_secret names `nowhere-undefined`, which is neither",
+            ),
+            (
+                format!("{head}[auth.providers.gh]\nkind = \"github\"\nclient_id = \"i\"\nclient_secret = \"s\"\nsecret = \"x\"\n"),
+                "k.toml:8:",
+                "unknown field `secret`",
+            ),
+        ];
+        let cases: Vec<(&str, &str, &str)> =
+            cases.iter().map(|(t, a, n)| (t.as_str(), *a, *n)).collect();
+        assert_errors(&cases);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_upload;
 mod plugin;
-mod token;
+pub(crate) mod token;
 
 /// Kiln: CI for Nix flakes.
 #[derive(Debug, Parser)]

@@ -178,7 +178,7 @@ fn list_or_none(items: &[String]) -> String {
 }
 
 /// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc(ms: i64) -> String {
+pub(crate) fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).

@@ -54,6 +54,11 @@ const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "delivery_path",
         include_str!("../../migrations/sqlite/20261122000007_delivery_path.sql"),
     ),
+    (
+        20261203000001,
+        "sessions",
+        include_str!("../../migrations/sqlite/20261203000001_sessions.sql"),
+    ),
 ]);
 const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
     (
@@ -85,6 +90,11 @@ const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         20261122000007,
         "delivery_path",
         include_str!("../../migrations/postgres/20261122000007_delivery_path.sql"),
+    ),
+    (
+        20261203000001,
+        "sessions",
+        include_str!("../../migrations/postgres/20261203000001_sessions.sql"),
     ),
 ]);
 

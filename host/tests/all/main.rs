@@ -26,4 +26,5 @@ mod serve_ingest;
 mod serve_pipeline;
 mod serve_support;
 mod service;
+mod ui_auth;
 mod ui_browser;
