@@ -498,3 +498,35 @@ fn ui_auth_sign_in_sessions_csrf_and_tokens_on_postgres() {
     };
     flow(Some(&pg.url()));
 }
+
+#[test]
+fn ui_auth_cookies_are_secure_behind_https() {
+    let service = Service::start("url = \"https://kiln.test/\"");
+    let (authorize, login) = service.start_sign_in("gh");
+    let start = get(&service.url("/login/gh"), "", None);
+    assert!(
+        start
+            .set_cookie("kiln_login")
+            .unwrap()
+            .ends_with("; Secure"),
+        "{:?}",
+        start.headers
+    );
+    // The provider sends the browser to the public URL; here that is this
+    // socket.
+    let callback = service.authorize(&authorize);
+    let local = callback
+        .strip_prefix("https://kiln.test/auth/gh/callback?")
+        .unwrap_or_else(|| panic!("{callback}"));
+    let answer = get(
+        &service.url(&format!("/auth/gh/callback?{local}")),
+        &login,
+        None,
+    );
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let set = answer.set_cookie("kiln_session").unwrap();
+    assert!(
+        set.split(';').map(str::trim).any(|a| a == "Secure"),
+        "{set}"
+    );
+}
