@@ -86,7 +86,9 @@ pub fn main(args: ServeArgs) -> ExitCode {
     })
 }
 
-async fn start(args: ServeArgs) -> anyhow::Result<(tokio::net::TcpListener, axum::Router)> {
+pub(crate) async fn start(
+    args: ServeArgs,
+) -> anyhow::Result<(tokio::net::TcpListener, axum::Router)> {
     let config = match &args.config {
         Some(path) => KilnConfig::load(path)?,
         None => KilnConfig::default(),

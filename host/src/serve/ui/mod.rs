@@ -108,7 +108,10 @@ pub fn short(rev: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod unit {
     use super::*;
 
     #[test]
