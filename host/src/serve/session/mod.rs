@@ -25,7 +25,7 @@ use crate::serve::app::AppState;
 
 mod provider;
 mod signin;
-mod store;
+pub(crate) mod store;
 mod tokens;
 
 /// The session cookie's name.

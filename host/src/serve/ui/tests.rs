@@ -13,8 +13,11 @@ use kiln_engine::report::JobReport;
 use serde_json::json;
 use tower::ServiceExt as _;
 
+use kiln_runtime::bindings::authz_types::Subject;
+
 use crate::serve::db::Database;
 use crate::serve::pipeline::store::{self, Attach, JobWrite};
+use crate::serve::session::store::create as store_session;
 
 struct Seeded {
     run: i64,
@@ -131,9 +134,20 @@ async fn seed(data: &Path) -> Seeded {
 }
 
 async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
+    call_as(app, "", method, uri, body).await
+}
+
+async fn call_as(
+    app: &Router,
+    cookie: &str,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, String) {
     let request = Request::builder()
         .method(method)
         .uri(uri)
+        .header("cookie", cookie)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Body::from(body.to_owned()))
         .unwrap();
@@ -230,6 +244,64 @@ async fn pages_show_the_seeded_run_and_refuse_what_they_must() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, page) = call(&app, "GET", &format!("/runs/{run}"), "").await;
     assert!(page.contains(">failed</span>"), "still failed: {page}");
+
+    // Signed in: a stranger is refused by the policy, with its reason; a
+    // stale form is refused; a member of the owning organisation rebuilds.
+    let db = Database::open(None, &data.join("kiln.sqlite3"))
+        .await
+        .unwrap();
+    let cookie = |token: String| format!("{}={token}", crate::serve::session::SESSION_COOKIE);
+    let subject = |name: &str, orgs: &[&str]| Subject {
+        id: name.into(),
+        name: name.into(),
+        provider: "gh".into(),
+        admin: false,
+        organisations: orgs.iter().map(|o| (*o).to_owned()).collect(),
+        teams: Vec::new(),
+    };
+    let stranger = cookie(
+        store_session(&db, &subject("mallory", &["other"]))
+            .await
+            .unwrap(),
+    );
+    let member = cookie(
+        store_session(&db, &subject("octocat", &["acme"]))
+            .await
+            .unwrap(),
+    );
+    let csrf_of = |page: &str| {
+        page.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a csrf field for a signed-in viewer")
+            .to_owned()
+    };
+    let (_, page) = call_as(&app, &stranger, "GET", &format!("/runs/{run}"), "").await;
+    assert!(page.contains("<span id=\"user\">mallory</span>"), "{page}");
+    let csrf = csrf_of(&page);
+    let rebuild = format!("/runs/{run}/rebuild");
+    let (status, page) = call_as(&app, &stranger, "POST", &rebuild, &format!("csrf={csrf}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    let reason = page
+        .split("<p class=\"denied\">")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        !reason.starts_with("Sign in") && !reason.contains("CSRF") && reason.len() > 10,
+        "the policy's reason: {page}"
+    );
+    let (_, page) = call_as(&app, &member, "GET", &format!("/runs/{run}"), "").await;
+    let csrf = csrf_of(&page);
+    let (status, page) = call_as(&app, &member, "POST", &rebuild, "csrf=stale").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("CSRF"), "{page}");
+    let (status, page) = call_as(&app, &member, "POST", &rebuild, &format!("csrf={csrf}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    let detail = crate::serve::api::runs::by_id(&db, run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(detail.state, "failed", "queued again: {detail:?}");
 
     let (status, page) = call(&app, "GET", "/runs/999999", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
