@@ -141,6 +141,10 @@ pub struct ServeConfig {
     /// Subjects (API token subjects or sign-in logins) with every right.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// The `authz` plugin that decides every control action and every read
+    /// of a private project, by the name its `describe` returns (default
+    /// the built-in `authz-default`).
+    pub authz: Option<String>,
 }
 
 /// `[forges.<instance>]`: one forge that sends webhooks, served by a forge

@@ -113,6 +113,7 @@ pub(crate) async fn start(
     let serve_config = config.clone();
     let plugins = Arc::new(PluginHost::start(config, Some(nix)).await?);
     check_forges(&plugins, &forges)?;
+    check_authz(&plugins)?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -139,6 +140,22 @@ pub(crate) async fn start(
     });
     tokio::spawn(retry::run(state.clone()));
     Ok((listener, app::app(state)))
+}
+
+/// The authz plugin named by `[serve] authz` is installed and of the
+/// `authz` world: otherwise every control action would be refused.
+fn check_authz(plugins: &PluginHost) -> anyhow::Result<()> {
+    let name = api::auth::authz_plugin(&plugins.config);
+    match plugins.registry.get(name) {
+        Some(p) if p.info.world == World::Authz => Ok(()),
+        Some(p) => anyhow::bail!(
+            "[serve] authz = `{name}` is a {} plugin, not an authz plugin",
+            p.info.world.as_str()
+        ),
+        None => anyhow::bail!(
+            "[serve] authz = `{name}`: no such plugin is installed (see `kiln plugin list`)"
+        ),
+    }
 }
 
 /// Every forge instance names an installed forge plugin.

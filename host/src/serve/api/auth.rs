@@ -9,7 +9,7 @@
 //! with an unknown or revoked token is refused (401), never downgraded to
 //! anonymous.
 //!
-//! Decisions are the authz plugin's ([`AUTHZ_PLUGIN`]). A plugin that is
+//! Decisions are the authz plugin's (`[serve] authz`, default [`AUTHZ_PLUGIN`]). A plugin that is
 //! missing or fails decides nothing, which is a denial.
 
 use std::collections::HashMap;
@@ -267,6 +267,11 @@ pub fn pull_request_ref(number: i64, author: Option<String>, forge: &str) -> Pul
     }
 }
 
+/// The authz plugin in use: `[serve] authz`, else [`AUTHZ_PLUGIN`].
+pub fn authz_plugin(config: &crate::config::KilnConfig) -> &str {
+    config.serve.authz.as_deref().unwrap_or(AUTHZ_PLUGIN)
+}
+
 /// Ask the authz plugin. A missing or failing plugin denies, saying why.
 pub async fn decide(
     state: &AppState,
@@ -275,17 +280,18 @@ pub async fn decide(
     resource: &Resource,
 ) -> Decision {
     let plugins = &state.plugins;
-    let Some(plugin) = plugins.registry.get(AUTHZ_PLUGIN) else {
+    let name = authz_plugin(&plugins.config);
+    let Some(plugin) = plugins.registry.get(name) else {
         return Decision {
             allow: false,
             reason: format!(
-                "the authz plugin `{AUTHZ_PLUGIN}` is not installed, so nothing can be allowed"
+                "the authz plugin `{name}` is not installed, so nothing can be allowed"
             ),
         };
     };
-    let (grant, limits) = crate::serve::pipeline::forge::grant(plugins, AUTHZ_PLUGIN);
+    let (grant, limits) = crate::serve::pipeline::forge::grant(plugins, name);
     let ctx = CallContext {
-        plugin: AUTHZ_PLUGIN.to_owned(),
+        plugin: name.to_owned(),
         project: resource.project.clone().unwrap_or_default(),
         grant: Arc::new(grant),
         secrets: plugins.secrets.clone(),
@@ -299,17 +305,15 @@ pub async fn decide(
         .decide(&plugin, subject, action, resource, &Vec::new(), ctx, limits)
         .await;
     for line in &called.log {
-        tracing::debug!(plugin = AUTHZ_PLUGIN, "{}", line.message);
+        tracing::debug!(plugin = name, "{}", line.message);
     }
     match called.result {
         Ok(decision) => decision,
         Err(e) => {
-            tracing::warn!(plugin = AUTHZ_PLUGIN, error = %e, "authz call failed");
+            tracing::warn!(plugin = name, error = %e, "authz call failed");
             Decision {
                 allow: false,
-                reason: format!(
-                    "the authz plugin `{AUTHZ_PLUGIN}` failed, so nothing is allowed: {e}"
-                ),
+                reason: format!("the authz plugin `{name}` failed, so nothing is allowed: {e}"),
             }
         }
     }

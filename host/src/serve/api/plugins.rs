@@ -13,7 +13,7 @@ use kiln_runtime::{Grant, Limits};
 use serde::Serialize;
 
 use super::ApiError;
-use super::auth::{AUTHZ_PLUGIN, caller};
+use super::auth::{authz_plugin, caller};
 use crate::serve::app::AppState;
 
 /// One installed plugin.
@@ -98,7 +98,7 @@ pub fn entries(state: &AppState) -> PluginList {
                     .filter(|(_, f)| f.plugin == p.info.name)
                     .map(|(instance, _)| instance.clone())
                     .collect(),
-                authz: p.info.name == AUTHZ_PLUGIN,
+                authz: p.info.name == authz_plugin(&host.config),
             }
         })
         .collect();

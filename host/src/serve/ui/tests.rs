@@ -311,3 +311,50 @@ async fn pages_show_the_seeded_run_and_refuse_what_they_must() {
     let (_, plugins) = call(&app, "GET", "/plugins", "").await;
     assert!(plugins.contains("authz-default"), "{plugins}");
 }
+
+/// `[serve] authz` swaps the policy: a plugin from the plugin directory
+/// decides (the plugins page marks it), and a name that is no authz plugin
+/// stops the start, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_swaps_in_their_own_policy_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        Path::new(crate::builtin::WASM_DIR).join("kiln_test_authz.wasm"),
+        plugins.join("kiln_test_authz.wasm"),
+    )
+    .unwrap();
+    let start = |authz: &str, name: &str| {
+        let config = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[plugins]\ndirectory = \"{}\"\n[serve]\nauthz = \"{authz}\"\npoll_interval_secs = 0\n",
+                plugins.display()
+            ),
+        )
+        .unwrap();
+        crate::serve::start(crate::serve::ServeArgs {
+            config: Some(config),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(tmp.path().join(name)),
+        })
+    };
+    let (_listener, app) = start("kiln-test-authz", "swapped").await.unwrap();
+    let (_, page) = call(&app, "GET", "/plugins", "").await;
+    let policy = page
+        .split("<tr class=\"plugin\">")
+        .filter(|row| row.contains("(policy)"))
+        .collect::<Vec<_>>();
+    assert_eq!(policy.len(), 1, "{page}");
+    assert!(policy[0].contains("kiln-test-authz"), "{page}");
+
+    for (authz, why) in [
+        ("github", "is a forge plugin, not an authz plugin"),
+        ("no-such-policy", "no such plugin is installed"),
+    ] {
+        let err = start(authz, authz).await.expect_err("refused");
+        assert!(format!("{err:#}").contains(why), "{err:#}");
+    }
+}
