@@ -18,7 +18,16 @@ basic auth whose password is the token (any user name, as Gitea takes the
 token's owner); without it, 401 with `WWW-Authenticate`, so git asks its
 credential helper.
 
-Usage: gitea.py --token TOKEN [--git-root DIR]
+GET /api/v1/repos/OWNER/REPO/pulls?state=open&page=N&limit=L requires the
+token too and answers, page by page (pages from 1, L at most 50, default
+30, as Gitea's MAX_RESPONSE_ITEMS) with `X-Total-Count`, the pull requests in
+the JSON array of the file given with --pulls-file (read at each request;
+none when it does not exist) whose `base.repo.full_name` is OWNER/REPO and
+whose `state` is `open` when they have one. Every such request is recorded
+(method, path and query, and whether the token was right) in the state's
+`requests`.
+
+Usage: gitea.py --token TOKEN [--git-root DIR] [--pulls-file PATH]
 Binds 127.0.0.1 on a free port and prints the port as its first line.
 Python 3 standard library only.
 """
@@ -30,7 +39,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
 import git_http  # noqa: E402
@@ -38,13 +47,18 @@ import git_http  # noqa: E402
 HEX_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 VALID_STATES = ("pending", "success", "error", "failure", "warning")
 ROUTE = re.compile(r"^/api/v1/repos/([^/]+)/([^/]+)/statuses/([^/]+)$")
+PULLS = re.compile(r"^/api/v1/repos/([^/]+)/([^/]+)/pulls$")
+MAX_RESPONSE_ITEMS = 50
+DEFAULT_PAGING_NUM = 30
 
 
 class Recorder:
-    def __init__(self, token, git_root):
+    def __init__(self, token, git_root, pulls_file):
         self.lock = threading.Lock()
         self.token = token
         self.git_root = git_root
+        self.pulls_file = pulls_file
+        self.requests = []
         self.accepted = []
         self.refused = []
         self.git = []
@@ -57,10 +71,12 @@ class GiteaHandler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         sys.stderr.write("gitea.py: " + (fmt % args) + "\n")
 
-    def reply(self, code, payload):
+    def reply(self, code, payload, headers=()):
         data = json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json;charset=utf-8")
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -96,10 +112,43 @@ class GiteaHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/_test/state":
             with REC.lock:
-                return self.reply(200, {"statuses": REC.accepted, "refused": REC.refused, "git": REC.git})
+                state = {"statuses": REC.accepted, "refused": REC.refused, "git": REC.git, "requests": REC.requests}
+                return self.reply(200, state)
         if git_http.is_git(path):
             return self.git(b"")
+        match = PULLS.match(path)
+        if match is not None:
+            return self.pulls("/".join(match.groups()))
         self.reject(404, "Not Found")
+
+    def pulls(self, full_name):
+        """One page of the open pull requests of `full_name`."""
+        authorised = self.headers.get("Authorization") == "token " + REC.token
+        with REC.lock:
+            REC.requests.append({"method": self.command, "target": self.path, "authorised": authorised})
+        if not authorised:
+            return self.reject(401, "token is required")
+        query = parse_qs(urlsplit(self.path).query)
+        try:
+            page = max(int(query.get("page", ["1"])[0]), 1)
+            limit = int(query.get("limit", [str(DEFAULT_PAGING_NUM)])[0])
+        except ValueError:
+            return self.reject(422, "page and limit must be integers")
+        limit = min(limit, MAX_RESPONSE_ITEMS) if limit > 0 else DEFAULT_PAGING_NUM
+        if query.get("state", ["open"])[0] != "open":
+            return self.reject(422, "only state=open is served")
+        try:
+            with open(REC.pulls_file or "", encoding="utf-8") as f:
+                pulls = json.load(f)
+        except FileNotFoundError:
+            pulls = []
+        mine = [
+            p
+            for p in pulls
+            if ((p.get("base") or {}).get("repo") or {}).get("full_name") == full_name and p.get("state", "open") == "open"
+        ]
+        start = (page - 1) * limit
+        self.reply(200, mine[start : start + limit], [("X-Total-Count", str(len(mine)))])
 
     def do_POST(self):
         raw = self.read_body()
@@ -161,9 +210,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--token", required=True)
     parser.add_argument("--git-root")
+    parser.add_argument("--pulls-file")
     args = parser.parse_args()
     global REC
-    REC = Recorder(args.token, args.git_root)
+    REC = Recorder(args.token, args.git_root, args.pulls_file)
     server = ThreadingHTTPServer(("127.0.0.1", 0), GiteaHandler)
     print(server.server_address[1], flush=True)
     server.serve_forever()

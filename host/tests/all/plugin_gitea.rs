@@ -507,6 +507,38 @@ fn search_page(page: &str) -> Option<(Value, String)> {
     Some((json!({"ok": true, "data": data}), link))
 }
 
+/// A pull request of `acme/widgets` as Gitea's API lists it: the
+/// fixture's webhook `pull_request`, renumbered, with head `sha`, from a
+/// fork or from the base repository (id 1).
+fn listed_pull(number: u64, sha: &str, from_fork: bool) -> Value {
+    let mut pr = fixture(PULL_REQUEST)["pull_request"].clone();
+    let widgets = repo(1, "widgets", json!(["build-with-buildbot"]), false);
+    pr["number"] = number.into();
+    pr["html_url"] = format!("https://gitea.example.org/acme/widgets/pulls/{number}").into();
+    pr["head"]["sha"] = sha.into();
+    pr["base"]["repo"] = widgets.clone();
+    pr["base"]["repo_id"] = 1.into();
+    if !from_fork {
+        pr["head"]["repo"] = widgets;
+        pr["head"]["repo_id"] = 1.into();
+        pr["user"]["login"] = "acme".into();
+    }
+    pr
+}
+
+/// The open pull requests of `acme/widgets`, two on page 1 (a server with
+/// `MAX_RESPONSE_ITEMS = 2`) and one on page 2; `X-Total-Count` says 3.
+fn pulls_page(page: &str) -> Option<Value> {
+    match page {
+        "1" => Some(json!([
+            listed_pull(3, &"a".repeat(40), true),
+            listed_pull(5, &"b".repeat(40), false),
+        ])),
+        "2" => Some(json!([listed_pull(8, &"c".repeat(40), true)])),
+        _ => None,
+    }
+}
+
 fn reply(status: StatusCode, headers: &[(&'static str, &str)], body: Value) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     for (name, value) in headers {
@@ -559,6 +591,16 @@ async fn answer(
         return page.map_or_else(not_found, |(page, link)| {
             let headers = [("link", link.as_str()), ("x-total-count", "32")];
             reply(StatusCode::OK, &headers, page)
+        });
+    }
+    if method == Method::GET && path == "/api/v1/repos/acme/widgets/pulls" {
+        let expected = "state=open&page=";
+        let page = query
+            .strip_prefix(expected)
+            .and_then(|rest| rest.strip_suffix("&limit=50"))
+            .and_then(pulls_page);
+        return page.map_or_else(not_found, |pulls| {
+            reply(StatusCode::OK, &[("x-total-count", "3")], pulls)
         });
     }
     if method == Method::GET && path == "/api/v1/repos/acme/untagged-listing/topics" {
@@ -787,16 +829,21 @@ async fn repositories_with_the_topic_are_found_across_pages() {
     );
     assert_eq!(repositories[2].topics, ["nix", "build-with-buildbot"]);
 
-    let received = fake.received();
-    let targets: Vec<&str> = received.iter().map(|r| r.target.as_str()).collect();
-    assert_eq!(
-        targets,
-        [
+    assert_gets_with_the_token(
+        &fake,
+        &[
             "/api/v1/repos/search?q=build-with-buildbot&topic=true&limit=50&page=1",
             "/api/v1/repos/acme/untagged-listing/topics",
             "/api/v1/repos/search?q=build-with-buildbot&topic=true&limit=50&page=2",
-        ]
+        ],
     );
+}
+
+/// The fake received exactly `targets`, each a `GET` with the token.
+fn assert_gets_with_the_token(fake: &FakeGitea, targets: &[&str]) {
+    let received = fake.received();
+    let got: Vec<&str> = received.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(got, targets);
     for request in &received {
         assert_eq!(request.method, "GET");
         assert_eq!(
@@ -804,6 +851,73 @@ async fn repositories_with_the_topic_are_found_across_pages() {
             Some(format!("token {TOKEN}").as_str())
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_pull_requests_are_listed_across_pages_as_opened() {
+    let (rt, _d) = runtime();
+    let gitea = load(&rt, PLUGIN).await;
+    let fake = FakeGitea::start(Statuses::Created).await;
+    let called = rt
+        .list_pull_requests(
+            &gitea,
+            &report(StatusState::Success).repository,
+            &cfg(&[("url", &fake.url), ("trusted_users", "someone-else")]),
+            rest_context(fake.host(), true),
+            Limits::default(),
+        )
+        .await;
+    let pulls = called.result.unwrap();
+    assert!(
+        called
+            .log
+            .iter()
+            .any(|l| l.message == "acme/widgets: 3 open pull requests in 2 pages"),
+        "{:?}",
+        called.log
+    );
+    let summary: Vec<(u64, &str, bool, bool)> = pulls
+        .iter()
+        .map(|p| (p.number, p.head_rev.as_str(), p.from_fork, p.author_trusted))
+        .collect();
+    let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+    assert_eq!(
+        summary,
+        [
+            (3, a.as_str(), true, false),
+            (5, b.as_str(), false, true),
+            (8, c.as_str(), true, false),
+        ]
+    );
+    for pr in &pulls {
+        assert!(matches!(pr.action, PullRequestAction::Opened), "{pr:?}");
+        assert_eq!(pr.base_branch, "main");
+        assert_eq!(pr.title, "Greet in French");
+    }
+    let forked = &pulls[0];
+    assert_eq!(forked.author, "contributor");
+    assert_eq!(forked.head_branch, "french");
+    assert_eq!(
+        forked.head_clone_url,
+        "https://gitea.example.org/contributor/hello-flake.git"
+    );
+    assert_eq!(
+        forked.web_url.as_deref(),
+        Some("https://gitea.example.org/acme/widgets/pulls/3")
+    );
+    assert_eq!(pulls[1].author, "acme");
+    assert_eq!(
+        pulls[1].head_clone_url,
+        "https://gitea.example.org/acme/widgets.git"
+    );
+
+    assert_gets_with_the_token(
+        &fake,
+        &[
+            "/api/v1/repos/acme/widgets/pulls?state=open&page=1&limit=50",
+            "/api/v1/repos/acme/widgets/pulls?state=open&page=2&limit=50",
+        ],
+    );
 }
 
 async fn credentials(

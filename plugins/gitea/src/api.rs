@@ -9,11 +9,11 @@
 
 use kiln_plugin_sdk::http::{Request, Response};
 use kiln_plugin_sdk::status::{self, host_of};
-use kiln_plugin_sdk::{PluginError, StatusReport, StatusState};
+use kiln_plugin_sdk::{PluginError, Repository, StatusReport, StatusState};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::payload::{Repo, SearchPage, Topics};
+use crate::payload::{ListedPullRequest, Repo, SearchPage, Topics};
 
 /// The longest description a commit status keeps (Gitea's column allows
 /// more; GitHub's limit keeps statuses readable in both UIs).
@@ -103,6 +103,16 @@ impl Api {
             "GET",
             &format!("/repos/search?q={topic}&topic=true&limit={PAGE_SIZE}&page={page}"),
         )
+    }
+
+    /// Page `page` (from 1) of `GET /repos/{owner}/{repo}/pulls?state=open`.
+    pub fn pulls(&self, repository: &Repository, page: usize) -> Result<Request, PluginError> {
+        let owner = path_part(&repository.owner, "owner")?;
+        let name = path_part(&repository.name, "name")?;
+        Ok(self.request(
+            "GET",
+            &format!("/repos/{owner}/{name}/pulls?state=open&page={page}&limit={PAGE_SIZE}"),
+        ))
     }
 
     /// `GET /repos/{owner}/{repo}/topics`.
@@ -231,6 +241,11 @@ pub fn search_page(host: &str, body: &[u8]) -> Result<Vec<Repo>, PluginError> {
     decode::<SearchPage>(host, "a repository search page", body).map(|p| p.data)
 }
 
+/// The pull requests of one page of `GET /repos/{owner}/{repo}/pulls`.
+pub fn pulls_page(host: &str, body: &[u8]) -> Result<Vec<ListedPullRequest>, PluginError> {
+    decode(host, "a pull request list", body)
+}
+
 /// A repository's topics.
 pub fn topics(host: &str, body: &[u8]) -> Result<Vec<String>, PluginError> {
     decode::<Topics>(host, "a topic list", body).map(|t| t.topics)
@@ -239,7 +254,6 @@ pub fn topics(host: &str, body: &[u8]) -> Result<Vec<String>, PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_plugin_sdk::Repository;
 
     /// An answer with `status`, an optional `Retry-After` and no body.
     fn response(status: u16, retry_after: Option<&str>) -> Response {
@@ -303,6 +317,11 @@ mod tests {
         assert_eq!(
             api.search("nix", 2).url,
             "http://127.0.0.1:3000/gitea/api/v1/repos/search?q=nix&topic=true&limit=50&page=2"
+        );
+        let repository = report("acme", "").repository;
+        assert_eq!(
+            api.pulls(&repository, 3).unwrap().url,
+            "http://127.0.0.1:3000/gitea/api/v1/repos/acme/widgets/pulls?state=open&page=3&limit=50"
         );
         for bad in ["codeberg.org", "https://", "ftp://codeberg.org"] {
             let err = Api::new(bad, "secret-token".into()).err().unwrap();

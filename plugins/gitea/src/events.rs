@@ -9,13 +9,13 @@
 //! not decide what gets built beyond what the delivery says.
 
 use kiln_plugin_sdk::{
-    ChangeEvent, PullRequest, PullRequestAction, PullRequestEvent, PushEvent,
+    ChangeEvent, PullRequest, PullRequestAction, PullRequestEvent, PushEvent, Repository,
     WebhookDisposition as Disposition, WebhookError, WebhookOutcome, WebhookRequest, webhook,
 };
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
-use crate::payload::{PullRequestPayload, PushPayload};
+use crate::payload::{ListedPullRequest, PullRequestBody, PullRequestPayload, PushPayload};
 
 /// The signature headers, Forgejo's first; a delivery must carry one and
 /// every one it carries must match.
@@ -149,13 +149,13 @@ fn is_zero(rev: &str) -> bool {
 
 /// `rev` when it is a commit id (40 hex digits, or 64 for SHA-256
 /// repositories), else `malformed` naming `field`.
-fn commit_id(rev: String, field: &str) -> Result<String, WebhookError> {
+fn commit_id(rev: String, field: &str) -> Result<String, String> {
     if matches!(rev.len(), 40 | 64) && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(rev)
     } else {
-        Err(WebhookError::Malformed(format!(
+        Err(format!(
             "`{field}` is `{rev}`, not a commit id (40 or 64 hex digits)"
-        )))
+        ))
     }
 }
 
@@ -178,8 +178,8 @@ fn push(push: &PushPayload) -> Result<Disposition, WebhookError> {
         repository: push.repository.to_kiln().map_err(WebhookError::Malformed)?,
         branch: push.git_ref.strip_prefix("refs/heads/").map(str::to_owned),
         git_ref: push.git_ref.clone(),
-        before: commit_id(push.before.clone(), "before")?,
-        rev: commit_id(push.after.clone(), "after")?,
+        before: commit_id(push.before.clone(), "before").map_err(WebhookError::Malformed)?,
+        rev: commit_id(push.after.clone(), "after").map_err(WebhookError::Malformed)?,
         message: push.head_commit.as_ref().map(|c| c.message.clone()),
     })]))
 }
@@ -206,41 +206,97 @@ fn pull_request(event: &PullRequestPayload, trust: &Trust) -> Result<Disposition
         .repository
         .to_kiln()
         .map_err(WebhookError::Malformed)?;
+    let pull_request = convert_pull_request(
+        pr,
+        event.number,
+        action,
+        event.repository.id,
+        &repository,
+        trust,
+    )
+    .map_err(WebhookError::Malformed)?;
+    Ok(Disposition::Events(vec![ChangeEvent::PullRequest(
+        PullRequestEvent {
+            pull_request,
+            repository,
+            message: None,
+        },
+    )]))
+}
+
+/// Kiln's view of pull request `number` (a webhook's `pull_request`, or an
+/// entry of `GET /repos/{owner}/{repo}/pulls`, the same object) into
+/// `repository`, whose Gitea id is `base_id`; an error names what is
+/// missing.
+pub fn convert_pull_request(
+    pr: &PullRequestBody,
+    number: u64,
+    action: PullRequestAction,
+    base_id: u64,
+    repository: &Repository,
+    trust: &Trust,
+) -> Result<PullRequest, String> {
     let author = pr.user.name().ok_or_else(|| {
-        WebhookError::Malformed(format!(
-            "pull request #{} of {} has an author without `login`",
-            event.number, repository.full_name
-        ))
+        format!(
+            "pull request #{number} of {} has an author without `login`",
+            repository.full_name
+        )
     })?;
     // A head repository that is gone (a deleted fork) counts as a fork; its
     // commits stay reachable from the base repository's `refs/pull/N/head`.
-    let base_id = event.repository.id;
     let from_fork = pr.head.repo.as_ref().is_none_or(|head| head.id != base_id);
     let head_clone_url = pr
         .head
         .repo
         .as_ref()
         .map_or_else(|| repository.clone_url.clone(), |r| r.clone_url.clone());
-    let author_trusted = trust.trusts(author, &repository.owner);
-    Ok(Disposition::Events(vec![ChangeEvent::PullRequest(
-        PullRequestEvent {
-            pull_request: PullRequest {
-                number: event.number,
-                title: pr.title.clone(),
-                author: author.to_owned(),
-                author_trusted,
-                from_fork,
-                head_rev: commit_id(pr.head.sha.clone(), "pull_request.head.sha")?,
-                head_branch: pr.head.git_ref.clone(),
-                head_clone_url,
-                base_branch: pr.base.git_ref.clone(),
-                action,
-                web_url: pr.html_url.clone().filter(|u| !u.is_empty()),
-            },
-            repository,
-            message: None,
-        },
-    )]))
+    Ok(PullRequest {
+        number,
+        title: pr.title.clone(),
+        author: author.to_owned(),
+        author_trusted: trust.trusts(author, &repository.owner),
+        from_fork,
+        head_rev: commit_id(pr.head.sha.clone(), "pull_request.head.sha")?,
+        head_branch: pr.head.git_ref.clone(),
+        head_clone_url,
+        base_branch: pr.base.git_ref.clone(),
+        action,
+        web_url: pr.html_url.clone().filter(|u| !u.is_empty()),
+    })
+}
+
+/// The pull requests of one page of `GET /repos/{owner}/{repo}/pulls` of
+/// `repository`, each read as its webhook is, with action `opened`.
+pub fn open_pull_requests(
+    pulls: &[ListedPullRequest],
+    repository: &Repository,
+    trust: &Trust,
+) -> Result<Vec<PullRequest>, String> {
+    pulls
+        .iter()
+        .map(|listed| {
+            let base = &listed.body.base;
+            let base_id = base
+                .repo
+                .as_ref()
+                .map(|r| r.id)
+                .or(base.repo_id)
+                .ok_or_else(|| {
+                    format!(
+                        "pull request #{} has neither `base.repo` nor `base.repo_id`",
+                        listed.number
+                    )
+                })?;
+            convert_pull_request(
+                &listed.body,
+                listed.number,
+                PullRequestAction::Opened,
+                base_id,
+                repository,
+                trust,
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -488,6 +544,45 @@ mod tests {
             pr.head_clone_url,
             "https://gitea.example.org/kiln-example/hello-flake.git"
         );
+    }
+
+    /// A page of `GET /pulls` gives each pull request as its webhook does,
+    /// as `opened`.
+    #[test]
+    fn open_pull_requests_are_read_like_their_webhooks() {
+        let event = fixture(PULL_REQUEST);
+        let trust = Trust {
+            users: vec!["contributor".into()],
+        };
+        let hooked = pull_request_with(&event, &trust);
+        let repository = pull_request_event_repository(&event);
+        let page = serde_json::to_vec(&serde_json::json!([event["pull_request"]])).unwrap();
+        let pulls: Vec<ListedPullRequest> = serde_json::from_slice(&page).unwrap();
+        let listed = open_pull_requests(&pulls, &repository, &trust).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(matches!(listed[0].action, PullRequestAction::Opened));
+        assert_eq!(format!("{:?}", listed[0]), format!("{hooked:?}"));
+        assert!(listed[0].author_trusted && listed[0].from_fork);
+
+        // Without `base.repo`, its `repo_id` says which repository is the base.
+        let mut same = event["pull_request"].clone();
+        same["head"]["repo"] = event["repository"].clone();
+        same["base"]["repo"] = Value::Null;
+        let pulls: Vec<ListedPullRequest> =
+            serde_json::from_value(serde_json::json!([same])).unwrap();
+        let listed = open_pull_requests(&pulls, &repository, &Trust::default()).unwrap();
+        assert!(!listed[0].from_fork && !listed[0].author_trusted);
+        same["base"]["repo_id"] = Value::Null;
+        let pulls: Vec<ListedPullRequest> =
+            serde_json::from_value(serde_json::json!([same])).unwrap();
+        let err = open_pull_requests(&pulls, &repository, &Trust::default()).unwrap_err();
+        assert!(err.contains("#3 has neither `base.repo`"), "{err}");
+    }
+
+    fn pull_request_event_repository(event: &Value) -> Repository {
+        let repo: crate::payload::Repo =
+            serde_json::from_value(event["repository"].clone()).unwrap();
+        repo.to_kiln().unwrap()
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //!   follow, keeping repositories whose topics really hold the
 //!   `topic` setting (reading `/topics` when a result lacks them) and that
 //!   are not archived.
+//! - Open pull requests (for reconciliation): `GET
+//!   /api/v1/repos/{owner}/{repo}/pulls?state=open`, paged as discovery is,
+//!   each read as its `pull_request` webhook is (same trust rule), as
+//!   `opened`.
 //! - Clone credentials: setting `user` (default `kiln`; Gitea takes the
 //!   token's owner whatever the name) and the token, only for clone URLs on
 //!   the server of setting `url`.
@@ -44,8 +48,8 @@ use std::collections::BTreeSet;
 
 use kiln_plugin_sdk::status::{host_of, unreachable};
 use kiln_plugin_sdk::{
-    Config, Forge, GitCredentials, PluginError, PluginInfo, Repository, StatusReport, WebhookError,
-    WebhookOutcome, WebhookRequest, WorldKind, export_forge, http, log, secrets,
+    Config, Forge, GitCredentials, PluginError, PluginInfo, PullRequest, Repository, StatusReport,
+    WebhookError, WebhookOutcome, WebhookRequest, WorldKind, export_forge, http, log, secrets,
 };
 
 use crate::api::{Api, TOKEN_SECRET};
@@ -60,6 +64,8 @@ const DEFAULT_TOPIC: &str = "build-with-buildbot";
 const DEFAULT_USER: &str = "kiln";
 /// The most search pages read (5,000 repositories).
 const MAX_PAGES: usize = 100;
+/// The most pages of a repository's open pull requests read (1,000).
+const MAX_PULL_PAGES: usize = 20;
 
 struct Gitea;
 
@@ -212,6 +218,48 @@ impl Forge for Gitea {
             found.len()
         );
         Ok(found)
+    }
+
+    fn list_pull_requests(
+        repository: Repository,
+        config: Config,
+    ) -> Result<Vec<PullRequest>, PluginError> {
+        let api = api(&config)?;
+        let trust = trust(&config)?;
+        let mut open = Vec::new();
+        let mut seen = BTreeSet::new();
+        let (mut pages, mut read) = (0, 0);
+        for page in 1..=MAX_PULL_PAGES {
+            pages = page;
+            let what = format!(
+                "list the open pull requests of {} (page {page})",
+                repository.full_name
+            );
+            let response = send(api.pulls(&repository, page)?, &what)?;
+            let pulls = api::pulls_page(api.host(), &response.body)?;
+            read += pulls.len();
+            let more = api::more_pages(&response, pulls.len(), read);
+            let listed = events::open_pull_requests(&pulls, &repository, &trust).map_err(|e| {
+                PluginError::failed(format!("Gitea at {} answered {what} with {e}", api.host()))
+            })?;
+            // Pull requests shift between pages while others close.
+            open.extend(listed.into_iter().filter(|pr| seen.insert(pr.number)));
+            if !more {
+                break;
+            }
+            if page == MAX_PULL_PAGES {
+                log::warn!(
+                    "stopped listing the open pull requests of {} after {MAX_PULL_PAGES} pages",
+                    repository.full_name
+                );
+            }
+        }
+        log::info!(
+            "{}: {} open pull requests in {pages} pages",
+            repository.full_name,
+            open.len()
+        );
+        Ok(open)
     }
 
     fn clone_credentials(

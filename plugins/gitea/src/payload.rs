@@ -132,12 +132,24 @@ pub struct PullRequestBody {
     pub base: Branch,
 }
 
+/// One entry of `GET /repos/{owner}/{repo}/pulls`: the same object as a
+/// webhook's `pull_request`, which carries its own number.
+#[derive(Debug, Deserialize)]
+pub struct ListedPullRequest {
+    pub number: u64,
+    #[serde(flatten)]
+    pub body: PullRequestBody,
+}
+
 /// One side of a pull request.
 #[derive(Debug, Deserialize)]
 pub struct Branch {
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub sha: String,
+    /// The repository's id, also when `repo` is left out.
+    #[serde(default)]
+    pub repo_id: Option<u64>,
     /// `null` when the head fork was deleted.
     #[serde(default)]
     pub repo: Option<Repo>,
