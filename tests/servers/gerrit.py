@@ -12,6 +12,11 @@ beyond that: REST answers what git has.
 
 - GET /a/changes/PROJECT~NUMBER[?o=…]: a ChangeInfo with the current
   revision, its commit and the owner (404 `Not found` for no such change).
+- GET /a/changes/?q=status:open+project:PROJECT[&o=…][&n=N][&S=SKIP]: the
+  project's changes (all open), by number, as ChangeInfos with only their
+  current revision (no commit), at most --query-limit (or N) from SKIP, the
+  last one with `_more_changes: true` when more follow. Other queries are
+  400 `bad query`.
 - GET /a/accounts/ID/groups: the owner's groups.
 - GET /a/projects/PROJECT/HEAD: the repository's HEAD.
 - GET /a/projects/PROJECT/commits/REV: a CommitInfo (404 when absent).
@@ -30,7 +35,7 @@ Anything without the account's basic auth is 401 with `WWW-Authenticate`
 JSON.
 
 Usage: gerrit.py --username USER --password PASSWORD --git-root DIR
-                 [--branch main] [--group NAME]
+                 [--branch main] [--group NAME] [--query-limit 500]
 Binds 127.0.0.1 on a free port and prints the port as its first line.
 Python 3 standard library only.
 """
@@ -45,7 +50,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 sys.dont_write_bytecode = True  # no __pycache__ beside the scripts
 import git_http  # noqa: E402
@@ -68,6 +73,7 @@ class State:
         self.root = os.path.abspath(args.git_root)
         self.branch = args.branch
         self.group = args.group
+        self.query_limit = args.query_limit
         self.reviews = []
         self.requests = []
         self.git = []
@@ -108,6 +114,17 @@ def commit_info(project, rev):
         "subject": subject,
         "message": message.rstrip("\n") + "\n",
     }
+
+
+def change_numbers(project):
+    """The numbers of the changes `project` holds, ascending."""
+    refs = git(project, "for-each-ref", "--format=%(refname)", "refs/changes/")
+    numbers = set()
+    for ref in (refs or "").splitlines():
+        parts = ref.split("/")
+        if len(parts) == 5 and parts[3].isdigit() and parts[4].isdigit():
+            numbers.add(int(parts[3]))
+    return sorted(numbers)
 
 
 def change_info(project, number):
@@ -197,7 +214,34 @@ class Handler(BaseHTTPRequestHandler):
             return self.review(url.path, raw)
         return self.read(url.path)
 
+    def query(self, raw_query):
+        """`GET /a/changes/?q=status:open+project:P`, one page."""
+        query = parse_qs(raw_query)
+        terms = query.get("q", [""])[0].split()
+        project = next((t[len("project:") :] for t in terms if t.startswith("project:")), None)
+        if sorted(t.split(":", 1)[0] for t in terms) != ["project", "status"] or "status:open" not in terms:
+            return self.refuse(400, "bad query: only status:open+project:P is served")
+        try:
+            limit = int(query.get("n", [str(STATE.query_limit)])[0])
+            skip = int(query.get("S", ["0"])[0])
+        except ValueError:
+            return self.refuse(400, "n and S must be integers")
+        limit = min(limit, STATE.query_limit) if limit > 0 else STATE.query_limit
+        numbers = change_numbers(project) if known(project) else []
+        page = []
+        for number in numbers[skip : skip + limit]:
+            change = change_info(project, number)
+            current = change["revisions"][change["current_revision"]]
+            current.pop("commit", None)
+            change["revisions"] = {change["current_revision"]: current}
+            page.append(change)
+        if page and skip + limit < len(numbers):
+            page[-1]["_more_changes"] = True
+        return self.json(page)
+
     def read(self, path):
+        if path == "/a/changes/":
+            return self.query(urlsplit(self.path).query)
         m = CHANGE.match(path)
         if m:
             project, number = unquote(m.group(1)), int(m.group(2))
@@ -273,6 +317,7 @@ def main():
     parser.add_argument("--git-root", required=True)
     parser.add_argument("--branch", default="main")
     parser.add_argument("--group")
+    parser.add_argument("--query-limit", type=int, default=500)
     args = parser.parse_args()
     global STATE
     STATE = State(args)

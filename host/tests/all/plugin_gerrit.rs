@@ -43,6 +43,9 @@ const PUSHED_COMMIT_PATH: &str =
     "/a/projects/infra%2Fhello-flake/commits/9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b";
 const CHANGE_PATH: &str =
     "/a/changes/infra%2Fhello-flake~1234?o=CURRENT_REVISION&o=CURRENT_COMMIT&o=DETAILED_ACCOUNTS";
+/// The first two pages of the open changes of `infra/hello-flake`.
+const OPEN_CHANGES_0: &str = "/a/changes/?q=status:open+project:infra%2Fhello-flake&o=CURRENT_REVISION&o=DETAILED_ACCOUNTS&S=0";
+const OPEN_CHANGES_2: &str = "/a/changes/?q=status:open+project:infra%2Fhello-flake&o=CURRENT_REVISION&o=DETAILED_ACCOUNTS&S=2";
 
 /// One request as the fake Gerrit received it.
 #[derive(Debug)]
@@ -153,6 +156,32 @@ fn route(mode: Mode, method: &str, target: &str) -> (u16, String) {
                 "message": "flake.lock: update nixpkgs\n\nChange-Id: I0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b\n"
             })
             .to_string(),
+        ),
+        (_, "GET", OPEN_CHANGES_0) => {
+            // Change 1234 and one by another owner, then more on page 2.
+            let mut other = fixture(CHANGE);
+            other["_number"] = 1240.into();
+            other["owner"] = json!({"_account_id": 1000077, "username": "grace"});
+            other["current_revision"] = "b".repeat(40).into();
+            other["revisions"] = json!({
+                "b".repeat(40): {"_number": 1, "ref": "refs/changes/40/1240/1", "kind": "REWORK"}
+            });
+            other["_more_changes"] = true.into();
+            (200, json!([fixture(CHANGE), other]).to_string())
+        }
+        (_, "GET", OPEN_CHANGES_2) => {
+            let mut third = fixture(CHANGE);
+            third["_number"] = 1301.into();
+            third["branch"] = "release".into();
+            third["current_revision"] = "c".repeat(40).into();
+            third["revisions"] = json!({
+                "c".repeat(40): {"_number": 2, "ref": "refs/changes/01/1301/2", "kind": "REWORK"}
+            });
+            (200, json!([third]).to_string())
+        }
+        (_, "GET", "/a/accounts/1000077/groups") => (
+            200,
+            json!([{"id": "global%3ARegistered-Users", "name": "Registered Users"}]).to_string(),
         ),
         (_, "GET", "/a/accounts/1000042/groups") => (
             200,
@@ -901,6 +930,97 @@ async fn projects_are_discovered_by_marker_or_by_name() {
     let found = list(cfg(&[("url", &base), ("discover_projects", "tools")])).await;
     assert_eq!(found[0].clone_url, format!("{base}/tools"));
     assert_eq!(found[0].owner, "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_changes_are_listed_across_pages_as_opened_pull_requests() {
+    let (rt, _d) = runtime();
+    let gerrit = load(&rt, PLUGIN).await;
+    let (base, received) = fake_gerrit(Mode::Normal).await;
+    let repository = report("kiln/nix-build", StatusState::Success).repository;
+    let called = rt
+        .list_pull_requests(
+            &gerrit,
+            &repository,
+            &settings(&base, &[("trusted_group", "nix-maintainers")]),
+            gerrit_context(&base),
+            Limits::default(),
+        )
+        .await;
+    let open = called.result.unwrap();
+    assert!(
+        called
+            .log
+            .iter()
+            .any(|l| l.message == "infra/hello-flake: 3 open changes in 2 pages"),
+        "{:?}",
+        called.log
+    );
+    let summary: Vec<(u64, &str, &str, &str, &str, bool)> = open
+        .iter()
+        .map(|p| {
+            (
+                p.number,
+                p.head_rev.as_str(),
+                p.head_branch.as_str(),
+                p.base_branch.as_str(),
+                p.author.as_str(),
+                p.author_trusted,
+            )
+        })
+        .collect();
+    let (b, c) = ("b".repeat(40), "c".repeat(40));
+    assert_eq!(
+        summary,
+        [
+            (1234, CURRENT, "refs/changes/34/1234/3", "main", "ada", true),
+            (
+                1240,
+                b.as_str(),
+                "refs/changes/40/1240/1",
+                "main",
+                "grace",
+                false
+            ),
+            (
+                1301,
+                c.as_str(),
+                "refs/changes/01/1301/2",
+                "release",
+                "ada",
+                true
+            ),
+        ]
+    );
+    for pr in &open {
+        assert!(matches!(pr.action, PullRequestAction::Opened), "{pr:?}");
+        assert!(!pr.from_fork);
+        assert_eq!(pr.head_clone_url, format!("{base}/infra/hello-flake"));
+    }
+    assert_eq!(
+        open[0].web_url.as_deref(),
+        Some(format!("{base}/c/infra/hello-flake/+/1234").as_str())
+    );
+
+    let requests: Vec<Received> = received.try_iter().collect();
+    let targets: Vec<&str> = requests.iter().map(|r| r.target.as_str()).collect();
+    // Each owner's groups are read once.
+    assert_eq!(
+        targets,
+        [
+            OPEN_CHANGES_0,
+            "/a/accounts/1000042/groups",
+            "/a/accounts/1000077/groups",
+            OPEN_CHANGES_2,
+        ]
+    );
+    for request in &requests {
+        assert_eq!(request.method, "GET");
+        assert_eq!(
+            request.headers.get("authorization").map(String::as_str),
+            Some(BASIC)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

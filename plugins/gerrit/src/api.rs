@@ -1,5 +1,5 @@
 //! Gerrit's REST API as requests and answers: the change a webhook names,
-//! an account's groups, a project's `HEAD`, the project list and the review
+//! a project's open changes, an account's groups, a project's `HEAD`, the project list and the review
 //! that carries the vote, plus HTTP answers turned into errors a user can
 //! act on.
 //!
@@ -61,6 +61,18 @@ impl Api {
             "GET",
             &format!(
                 "/a/changes/{}~{number}?o=CURRENT_REVISION&o=CURRENT_COMMIT&o=DETAILED_ACCOUNTS",
+                encode(project)
+            ),
+        )
+    }
+
+    /// One page of `GET /a/changes/`: the open changes of `project` from
+    /// `skip`, with their current revision and owner's account details.
+    pub fn open_changes(&self, project: &str, skip: usize) -> Request {
+        self.request(
+            "GET",
+            &format!(
+                "/a/changes/?q=status:open+project:{}&o=CURRENT_REVISION&o=DETAILED_ACCOUNTS&S={skip}",
                 encode(project)
             ),
         )
@@ -190,6 +202,9 @@ pub struct Change {
     pub current_revision: Option<String>,
     #[serde(default)]
     pub revisions: BTreeMap<String, Revision>,
+    /// Set on the last change of a query's page when more follow.
+    #[serde(rename = "_more_changes", default)]
+    pub more: bool,
 }
 
 /// A `GroupInfo`: its UUID and its name.

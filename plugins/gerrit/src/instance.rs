@@ -7,9 +7,11 @@
 //! means is `events.rs`'s, what a report posts `review.rs`'s.
 
 use kiln_plugin_sdk::http::{self, Request, Response};
+use std::collections::BTreeMap;
+
 use kiln_plugin_sdk::{
-    ChangeEvent, Config, PluginError, PullRequest, PullRequestEvent, PushEvent, Repository,
-    WebhookError, WebhookOutcome, log, secrets,
+    ChangeEvent, Config, PluginError, PullRequest, PullRequestAction, PullRequestEvent, PushEvent,
+    Repository, WebhookError, WebhookOutcome, log, secrets,
 };
 use serde::de::DeserializeOwned;
 
@@ -78,13 +80,18 @@ impl Instance {
             full_name: project.to_owned(),
             owner: owner.to_owned(),
             name: name.to_owned(),
-            clone_url: format!("{}/{project}", self.git_base),
+            clone_url: self.clone_url(project),
             web_url: Some(format!("{}/q/project:{project}", self.api.base)),
             default_branch,
             // Gerrit's read access is per ref and per group: assume private.
             private: true,
             topics: Vec::new(),
         })
+    }
+
+    /// Where `project` is fetched from.
+    pub fn clone_url(&self, project: &str) -> String {
+        format!("{}/{project}", self.git_base)
     }
 
     /// The push event for `git_ref` of `project` moving to `rev`, with the
@@ -140,6 +147,88 @@ impl Instance {
             }))
     }
 
+    /// Whether `owner`'s changes are trusted: members of setting
+    /// `trusted_group`, nobody without it.
+    fn author_trusted(
+        &self,
+        owner: &api::Account,
+        trusted_group: Option<&str>,
+    ) -> Result<bool, Failure> {
+        match trusted_group {
+            Some(group) => self.trusted(owner, group),
+            None => Ok(false),
+        }
+    }
+
+    /// Kiln's view of `change` as REST shows it (with its current
+    /// revision): its current patchset on its change ref, with `action`.
+    /// Webhooks and the listing of open changes both read changes so.
+    pub fn pull_request(
+        &self,
+        change: &api::Change,
+        action: PullRequestAction,
+        author_trusted: bool,
+    ) -> Result<PullRequest, Failure> {
+        let (current, revision) = current_revision(change)?;
+        Ok(PullRequest {
+            number: change.number,
+            title: change.subject.clone(),
+            author: change.owner.login(),
+            author_trusted,
+            // A change lives in its project; there are no forks.
+            from_fork: false,
+            head_rev: current.to_owned(),
+            head_branch: revision.git_ref.clone(),
+            head_clone_url: self.clone_url(&change.project),
+            base_branch: change.branch.clone(),
+            action,
+            web_url: Some(format!(
+                "{}/c/{}/+/{}",
+                self.api.base, change.project, change.number
+            )),
+        })
+    }
+
+    /// The open changes of `project`, page by page while Gerrit says more
+    /// follow (at most `max_pages`), each as [`Self::pull_request`] reads
+    /// it, as `opened`.
+    pub fn open_changes(
+        &self,
+        project: &str,
+        trusted_group: Option<&str>,
+        max_pages: usize,
+    ) -> Result<(Vec<PullRequest>, usize), Failure> {
+        let what = format!("list the open changes of project {project}");
+        let mut trusted = BTreeMap::new();
+        let mut open: Vec<PullRequest> = Vec::new();
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            let changes: Vec<api::Change> =
+                self.read(self.api.open_changes(project, open.len()), &what)?;
+            let more = changes.last().is_some_and(|c| c.more);
+            for change in &changes {
+                let author_trusted = match trusted.get(&change.owner.id) {
+                    Some(known) => *known,
+                    None => {
+                        let known = self.author_trusted(&change.owner, trusted_group)?;
+                        trusted.insert(change.owner.id, known);
+                        known
+                    }
+                };
+                open.push(self.pull_request(change, PullRequestAction::Opened, author_trusted)?);
+            }
+            if !more || changes.is_empty() {
+                break;
+            }
+            if pages == max_pages {
+                log::warn!("stopped listing the open changes of {project} after {max_pages} pages");
+                break;
+            }
+        }
+        Ok((open, pages))
+    }
+
     /// The pull-request event for change `number` of `project`, as REST
     /// shows it now.
     pub fn change_event(
@@ -163,17 +252,7 @@ impl Instance {
                 ),
             ));
         }
-        let malformed = |what: &str| {
-            Failure::Failed(format!("Gerrit's change {project}~{number} has no {what}"))
-        };
-        let current = change
-            .current_revision
-            .as_deref()
-            .ok_or_else(|| malformed("current revision"))?;
-        let revision = change
-            .revisions
-            .get(current)
-            .ok_or_else(|| malformed("details of its current revision"))?;
+        let (current, revision) = current_revision(&change)?;
         if current != webhook_revision {
             log::info!(
                 "{event} named revision {webhook_revision} of change {project}~{number}; its \
@@ -182,27 +261,12 @@ impl Instance {
             );
         }
         let repository = self.repository(&change.project)?;
-        let author_trusted = match trusted_group {
-            Some(group) => self.trusted(&change.owner, group)?,
-            None => false,
-        };
-        let pull_request = PullRequest {
-            number: change.number,
-            title: change.subject,
-            author: change.owner.login(),
+        let author_trusted = self.author_trusted(&change.owner, trusted_group)?;
+        let pull_request = self.pull_request(
+            &change,
+            action.pull_request_action(revision.number),
             author_trusted,
-            // A change lives in its project; there are no forks.
-            from_fork: false,
-            head_rev: current.to_owned(),
-            head_branch: revision.git_ref.clone(),
-            head_clone_url: repository.clone_url.clone(),
-            base_branch: change.branch,
-            action: action.pull_request_action(revision.number),
-            web_url: Some(format!(
-                "{}/c/{}/+/{}",
-                self.api.base, change.project, change.number
-            )),
-        };
+        )?;
         let message = revision.commit.as_ref().and_then(|c| c.message.clone());
         Ok(WebhookOutcome::events(
             None,
@@ -213,6 +277,25 @@ impl Instance {
             })],
         ))
     }
+}
+
+/// The current revision of `change`: its id and details.
+fn current_revision(change: &api::Change) -> Result<(&str, &api::Revision), Failure> {
+    let malformed = |what: &str| {
+        Failure::Failed(format!(
+            "Gerrit's change {}~{} has no {what}",
+            change.project, change.number
+        ))
+    };
+    let current = change
+        .current_revision
+        .as_deref()
+        .ok_or_else(|| malformed("current revision"))?;
+    let revision = change
+        .revisions
+        .get(current)
+        .ok_or_else(|| malformed("details of its current revision"))?;
+    Ok((current, revision))
 }
 
 /// A REST failure while handling an authentic webhook.
@@ -226,5 +309,73 @@ pub fn webhook_error(failure: Failure) -> Result<WebhookOutcome, WebhookError> {
         Failure::Conflict(message) | Failure::Failed(message) => {
             Err(WebhookError::Malformed(message))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHANGE: &str = include_str!("../tests/fixtures/change.json");
+
+    fn instance() -> Instance {
+        Instance {
+            api: Api::new("https://review.example.org", "kiln", "password").unwrap(),
+            git_base: "https://review.example.org/a".into(),
+            default_branch: None,
+        }
+    }
+
+    /// An open change in a page of `GET /a/changes/?q=status:open…` reads
+    /// as the same change read for its webhook, as `opened`.
+    #[test]
+    fn open_changes_are_read_like_their_webhooks() {
+        let instance = instance();
+        let hooked: api::Change = api::json(CHANGE.as_bytes(), "change").unwrap();
+        let mut listed: serde_json::Value = serde_json::from_str(CHANGE).unwrap();
+        listed["_more_changes"] = true.into();
+        let page = format!(")]}}'\n{}", serde_json::json!([listed]));
+        let page: Vec<api::Change> = api::json(page.as_bytes(), "change list").unwrap();
+        assert!(page[0].more);
+        let listed = instance
+            .pull_request(&page[0], PullRequestAction::Opened, true)
+            .unwrap();
+        let (_, revision) = current_revision(&hooked).unwrap();
+        let action = ChangeAction::Patchset.pull_request_action(revision.number);
+        assert!(matches!(action, PullRequestAction::Updated));
+        let mut hooked = instance.pull_request(&hooked, action, true).unwrap();
+        hooked.action = PullRequestAction::Opened;
+        assert_eq!(format!("{listed:?}"), format!("{hooked:?}"));
+
+        assert_eq!(listed.number, 1234);
+        assert_eq!(listed.head_rev, "7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d");
+        assert_eq!(listed.head_branch, "refs/changes/34/1234/3");
+        assert_eq!(listed.base_branch, "main");
+        assert_eq!(listed.author, "ada");
+        assert!(!listed.from_fork);
+        assert_eq!(
+            listed.head_clone_url,
+            "https://review.example.org/a/infra/hello-flake"
+        );
+        assert_eq!(
+            listed.web_url.as_deref(),
+            Some("https://review.example.org/c/infra/hello-flake/+/1234")
+        );
+    }
+
+    #[test]
+    fn a_change_without_its_current_revision_is_a_failure() {
+        let mut change: api::Change = api::json(CHANGE.as_bytes(), "change").unwrap();
+        change.revisions.clear();
+        let err = instance()
+            .pull_request(&change, PullRequestAction::Opened, false)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Failure::Failed(
+                "Gerrit's change infra/hello-flake~1234 has no details of its current revision"
+                    .into()
+            )
+        );
     }
 }

@@ -46,6 +46,10 @@
 //!   defaults to `url`; `{url}/a` makes Gerrit ask for the password at
 //!   once), `default_branch` setting `default_branch` or the project's
 //!   `HEAD`.
+//! - Open changes (for reconciliation): `GET
+//!   /a/changes/?q=status:open+project:{project}`, paged with `S` while the
+//!   last change says `_more_changes`; each is read as a webhook's change is
+//!   (current patchset on its change ref, the same trust), as `opened`.
 //! - Clone credentials: the account's username and HTTP password, only for
 //!   a URL below `git_url` or `url`.
 //!
@@ -61,8 +65,8 @@ mod review;
 use std::collections::BTreeMap;
 
 use kiln_plugin_sdk::{
-    Config, Forge, GitCredentials, PluginError, PluginInfo, Repository, StatusReport, WebhookError,
-    WebhookOutcome, WebhookRequest, WorldKind, export_forge, kv, log, secrets,
+    Config, Forge, GitCredentials, PluginError, PluginInfo, PullRequest, Repository, StatusReport,
+    WebhookError, WebhookOutcome, WebhookRequest, WorldKind, export_forge, kv, log, secrets,
 };
 
 use crate::api::Failure;
@@ -87,6 +91,8 @@ const DEFAULT_MARKER: &str = "build-with-buildbot";
 const PAGE: usize = 500;
 /// The most pages of projects read (50,000 projects).
 const MAX_PAGES: usize = 100;
+/// The most pages of a project's open changes read.
+const MAX_CHANGE_PAGES: usize = 20;
 /// How long a "started" message is remembered, so it is posted once.
 const STARTED_TTL_SECS: u32 = 7 * 24 * 3600;
 
@@ -371,6 +377,18 @@ impl Forge for Gerrit {
         }
         log::info!("{} projects to build in {pages} pages", found.len());
         Ok(found)
+    }
+
+    fn list_pull_requests(
+        repository: Repository,
+        config: Config,
+    ) -> Result<Vec<PullRequest>, PluginError> {
+        let instance = Instance::new(&config)?;
+        let project = &repository.full_name;
+        let (open, pages) =
+            instance.open_changes(project, config.get("trusted_group"), MAX_CHANGE_PAGES)?;
+        log::info!("{project}: {} open changes in {pages} pages", open.len());
+        Ok(open)
     }
 
     fn clone_credentials(
