@@ -112,6 +112,24 @@ pub async fn of_run(
     Ok(rows.into_iter().map(job).collect())
 }
 
+/// What a page listing a run's jobs shows of each: id, attribute, status,
+/// build time and error, in evaluation order (fewer columns than [`Job`],
+/// for runs of thousands of jobs).
+pub async fn rows_of_run(
+    db: &Database,
+    run: i64,
+) -> Result<Vec<(i64, String, String, i64, Option<String>)>, sqlx::Error> {
+    with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT id, attr, status, duration_ms, error FROM jobs WHERE run_id = $1 \
+             ORDER BY idx, id",
+        )
+        .bind(run)
+        .fetch_all(pool)
+        .await
+    })
+}
+
 /// How many jobs of run `run` are in each status.
 pub async fn counts_of_run(db: &Database, run: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
     with_pool!(db, pool => {

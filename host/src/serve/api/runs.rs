@@ -429,7 +429,7 @@ pub async fn detail(state: &AppState, run: Run) -> Result<RunDetail, ApiError> {
 
 /// Job counts by status from a finished run's report summary (statuses
 /// with no job left out, as a count query would).
-fn counts_of_summary(summary: &serde_json::Value) -> Option<Vec<(String, i64)>> {
+pub fn counts_of_summary(summary: &serde_json::Value) -> Option<Vec<(String, i64)>> {
     const STATUSES: [&str; 8] = [
         "succeeded",
         "cached",

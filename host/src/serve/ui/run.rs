@@ -4,17 +4,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use maud::{Markup, html};
+use futures_util::{StreamExt as _, stream};
+use maud::{Markup, PreEscaped, html};
 
 use super::graph::{self, Node};
 use super::layout::page;
 use super::pages::what;
 use super::{Viewer, duration, short, time, words};
 use crate::serve::api::ApiError;
-use crate::serve::api::jobs::{self, Job, StatusFilter};
+use crate::serve::api::jobs::{self, StatusFilter};
 use crate::serve::api::runs::{self, Run};
 use crate::serve::app::AppState;
 use crate::serve::db::{Database, with_pool};
@@ -57,26 +59,73 @@ pub fn control(action: &str, label: &str, session: Option<&Session>) -> Markup {
     }
 }
 
-/// The page of run `id`, only jobs in status `filter` listed if given.
-pub async fn page_of(
-    state: &AppState,
-    viewer: &Viewer,
+/// One row of the jobs table and node of the graph.
+struct Row {
     id: i64,
-    filter: Option<&str>,
-) -> Result<Markup, ApiError> {
+    attr: String,
+    status: String,
+    duration_ms: i64,
+    error: Option<String>,
+}
+
+/// Job counts by status: a finished run's from its report summary, else
+/// counted.
+async fn counts(state: &AppState, run: &Run) -> Result<BTreeMap<String, usize>, sqlx::Error> {
+    let counted = match run.summary.as_ref().and_then(runs::counts_of_summary) {
+        Some(c) => c,
+        None => jobs::counts_of_run(&state.db, run.id).await?,
+    };
+    Ok(counted
+        .into_iter()
+        .map(|(s, n)| (s, usize::try_from(n).unwrap_or(0)))
+        .collect())
+}
+
+/// The top of run `id`'s page: the frame, the summary and the control
+/// forms, from a few small queries, so the browser shows them at once.
+async fn head(state: &AppState, viewer: &Viewer, id: i64) -> Result<(Run, String), ApiError> {
     let run = runs::readable(state, viewer.subject(), id).await?;
     let doing = format!("reading run {id}");
-    let (targets, all_jobs, edges) = tokio::try_join!(
-        runs::targets(&state.db, id),
-        jobs::of_run(&state.db, id, None),
-        edges(state, id),
-    )
-    .map_err(|e| ApiError::database(&doing, e))?;
+    let (targets, counts) = tokio::try_join!(runs::targets(&state.db, id), counts(state, &run))
+        .map_err(|e| ApiError::database(&doing, e))?;
+    let session = viewer.session.as_ref();
+    let title = format!("Run #{id} of {}", run.project);
+    let body = html! {
+        p.crumbs { a href={ "/projects/" (run.project_id) } { (run.project) } " › run #" (id) }
+        (summary(&run, &targets, &counts, session))
+        (PreEscaped(REST))
+    };
+    Ok((run, page(&title, session, body).into_string()))
+}
+
+/// Where the streamed part of the page goes.
+const REST: &str = "<!--kiln:rest-->";
+
+/// The rest of run `id`'s page: the job graph and the jobs, only those in
+/// status `filter` listed if given.
+async fn rest(
+    state: &AppState,
+    run: &Run,
+    filter: Option<&str>,
+    session: Option<&Session>,
+) -> Result<Markup, sqlx::Error> {
+    let id = run.id;
+    let (rows, edges) = tokio::try_join!(jobs::rows_of_run(&state.db, id), edges(state, id))?;
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .map(|(id, attr, status, duration_ms, error)| Row {
+            id,
+            attr,
+            status,
+            duration_ms,
+            error,
+        })
+        .collect();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for j in &all_jobs {
+    for j in &rows {
         *counts.entry(j.status.as_str()).or_default() += 1;
     }
-    let nodes: Vec<Node<'_>> = all_jobs
+    let nodes: Vec<Node<'_>> = rows
         .iter()
         .map(|j| Node {
             id: j.id,
@@ -86,61 +135,49 @@ pub async fn page_of(
         })
         .collect();
     let layout = graph::layout(&nodes, &edges);
-    let shown: Vec<&Job> = all_jobs
-        .iter()
-        .filter(|j| filter.is_none_or(|f| j.status == f))
-        .collect();
-    let session = viewer.session.as_ref();
-    let title = format!("Run #{id} of {}", run.project);
-    Ok(page(
-        &title,
-        session,
-        html! {
-            p.crumbs { a href={ "/projects/" (run.project_id) } { (run.project) } " › run #" (id) }
-            (summary(&run, &targets, &counts, session))
-            section.graph {
-                h2 { "Job graph" }
-                p.legend { "Dependencies above their dependents; the "
-                    span.critical-key { "critical path" } " is outlined." }
-                div.graph-frame { (graph::svg(&nodes, &layout)) }
-            }
-            section #jobs-section {
-                h2 { "Jobs" }
-                nav.filter {
-                    a href={ "/runs/" (id) } class=[filter.is_none().then_some("current")] { "all " (all_jobs.len()) }
-                    @for s in JOB_STATUSES {
-                        @if let Some(n) = counts.get(s) {
-                            a href={ "/runs/" (id) "?status=" (s) } class={ "status-" (s) @if filter == Some(*s) { " current" } } {
-                                (words(s)) " " (n)
-                            }
-                        }
-                    }
-                }
-                table #jobs {
-                    thead { tr { th { "Attribute" } th { "Status" } th.optional { "Time" } th { "" } } }
-                    tbody {
-                        @for j in &shown {
-                            tr class={ "job status-" (j.status) } {
-                                td.attr { a href={ "/jobs/" (j.id) } { (j.attr) }
-                                    @if let Some(e) = &j.error { div.error-text { (e) } } }
-                                td { span class={ "state status-" (j.status) } { (words(&j.status)) } }
-                                td.optional { @if j.duration_ms > 0 { (duration(j.duration_ms)) } }
-                                td { @if matches!(j.status.as_str(), "failed" | "timed_out" | "cancelled" | "dependency_failed") {
-                                    (control(&format!("/jobs/{}/rebuild", j.id), "Rebuild", session))
-                                } }
-                            }
+    Ok(html! {
+        section.graph {
+            h2 { "Job graph" }
+            p.legend { "Dependencies above their dependents; the "
+                span.critical-key { "critical path" } " is outlined." }
+            div.graph-frame { (graph::svg(&nodes, &layout)) }
+        }
+        section #jobs-section {
+            h2 { "Jobs" }
+            nav.filter {
+                a href={ "/runs/" (id) } class=[filter.is_none().then_some("current")] { "all " (rows.len()) }
+                @for s in JOB_STATUSES {
+                    @if let Some(n) = counts.get(s) {
+                        a href={ "/runs/" (id) "?status=" (s) } class={ "status-" (s) @if filter == Some(*s) { " current" } } {
+                            (words(s)) " " (n)
                         }
                     }
                 }
             }
-        },
-    ))
+            table #jobs {
+                thead { tr { th { "Attribute" } th { "Status" } th.optional { "Time" } th { "" } } }
+                tbody {
+                    @for j in rows.iter().filter(|j| filter.is_none_or(|f| j.status == f)) {
+                        tr class={ "job status-" (j.status) } {
+                            td.attr { a href={ "/jobs/" (j.id) } { (j.attr) }
+                                @if let Some(e) = &j.error { div.error-text { (e) } } }
+                            td { span class={ "state status-" (j.status) } { (words(&j.status)) } }
+                            td.optional { @if j.duration_ms > 0 { (duration(j.duration_ms)) } }
+                            td { @if matches!(j.status.as_str(), "failed" | "timed_out" | "cancelled" | "dependency_failed") {
+                                (control(&format!("/jobs/{}/rebuild", j.id), "Rebuild", session))
+                            } }
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn summary(
     run: &Run,
     targets: &[runs::Target],
-    counts: &BTreeMap<&str, usize>,
+    counts: &BTreeMap<String, usize>,
     session: Option<&Session>,
 ) -> Markup {
     let id = run.id;
@@ -184,7 +221,8 @@ fn summary(
     }
 }
 
-/// `GET /runs/{id}`.
+/// `GET /runs/{id}`: the summary is sent as soon as it is read; the graph
+/// and the jobs (thousands, for a big run) follow in a second chunk.
 pub async fn get(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -193,8 +231,33 @@ pub async fn get(
 ) -> Response {
     let viewer = Viewer::of(&state, &headers).await;
     let filter = filter.status.filter(|s| !s.is_empty());
-    match page_of(&state, &viewer, id, filter.as_deref()).await {
-        Ok(m) => m.into_response(),
-        Err(e) => viewer.error(e),
-    }
+    let (run, page) = match head(&state, &viewer, id).await {
+        Ok(x) => x,
+        Err(e) => return viewer.error(e),
+    };
+    let Some((top, bottom)) = page.split_once(REST) else {
+        return viewer.error(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the run page lost its place for the jobs",
+        ));
+    };
+    let (top, bottom) = (top.to_owned(), bottom.to_owned());
+    let session = viewer.session;
+    let rest = async move {
+        let middle = match rest(&state, &run, filter.as_deref(), session.as_ref()).await {
+            Ok(m) => m.into_string(),
+            Err(e) => {
+                tracing::error!(run = run.id, error = %e, "cannot read the jobs for a run page");
+                html! { p.problem { "The jobs of this run could not be read: reload the page." } }
+                    .into_string()
+            }
+        };
+        Ok::<_, std::convert::Infallible>(middle + &bottom)
+    };
+    let body = stream::once(std::future::ready(Ok(top))).chain(stream::once(rest));
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
