@@ -15,7 +15,7 @@ pub const STYLE: &str = include_str!("assets/kiln.css");
 /// The script.
 pub const SCRIPT: &str = include_str!("assets/kiln.js");
 /// Where the stylesheet is served; bump the version when it changes.
-pub const STYLE_PATH: &str = "/ui/kiln-1.css";
+pub const STYLE_PATH: &str = "/ui/kiln-2.css";
 /// Where the script is served.
 pub const SCRIPT_PATH: &str = "/ui/kiln-1.js";
 
