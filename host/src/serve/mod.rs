@@ -143,7 +143,9 @@ pub(crate) async fn start(
 }
 
 /// The authz plugin named by `[serve] authz` is installed and of the
-/// `authz` world: otherwise every control action would be refused.
+/// `authz` world: otherwise every control action would be refused. Without
+/// the key (and without the built-in plugins) Kiln starts, warning that
+/// every control action and private read will be refused.
 fn check_authz(plugins: &PluginHost) -> anyhow::Result<()> {
     let name = api::auth::authz_plugin(&plugins.config);
     match plugins.registry.get(name) {
@@ -152,9 +154,16 @@ fn check_authz(plugins: &PluginHost) -> anyhow::Result<()> {
             "[serve] authz = `{name}` is a {} plugin, not an authz plugin",
             p.info.world.as_str()
         ),
-        None => anyhow::bail!(
+        None if plugins.config.serve.authz.is_some() => anyhow::bail!(
             "[serve] authz = `{name}`: no such plugin is installed (see `kiln plugin list`)"
         ),
+        None => {
+            tracing::warn!(
+                "the authz plugin `{name}` is not installed: every control action and every \
+                 read of a private project will be refused"
+            );
+            Ok(())
+        }
     }
 }
 

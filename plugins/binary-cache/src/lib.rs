@@ -350,17 +350,28 @@ fn base64(bytes: &[u8]) -> String {
 
 /// Sends without waiting, with a message naming the cache on failure.
 fn start(target: &Target, request: Request) -> Result<Pending, PluginError> {
-    http::start(request).map_err(|e| unreachable(target, &e.to_string()))
+    http::start(request).map_err(|e| unreachable(target, &e))
 }
 
 fn wait(target: &Target, pending: Pending) -> Result<Response, PluginError> {
-    pending
-        .wait()
-        .map_err(|e| unreachable(target, &e.to_string()))
+    pending.wait().map_err(|e| unreachable(target, &e))
 }
 
-fn unreachable(target: &Target, error: &str) -> PluginError {
-    PluginError::failed(format!("cannot reach the cache {}: {error}", target.name()))
+/// Seconds before a step whose cache could not be reached is run again.
+const UNREACHABLE_RETRY_SECS: u32 = 2;
+
+/// A request that got no answer. A transport failure (refused, reset, a
+/// broken answer) asks the host to run the step again, which is safe since
+/// every upload asks the cache first; a refusal by the grant or a bad URL
+/// is final.
+fn unreachable(target: &Target, error: &http::HttpError) -> PluginError {
+    let message = format!("cannot reach the cache {}: {error}", target.name());
+    match error {
+        http::HttpError::Failed(code) if !code.contains("Denied") => {
+            PluginError::retry_after(UNREACHABLE_RETRY_SECS, message)
+        }
+        _ => PluginError::failed(message),
+    }
 }
 
 /// A 2xx, or an error: 429 and 5xx ask to be retried (honouring
@@ -617,7 +628,7 @@ fn upload_nars_with(
                     let mut again = open(&info.path, settings.compression)?;
                     let put = target.put(&key, "application/x-nix-nar");
                     let pending = http::start_body(put, &mut again, summary.file_size)
-                        .map_err(|e| unreachable(target, &e.to_string()))?;
+                        .map_err(|e| unreachable(target, &e))?;
                     let second = again
                         .summary()
                         .map_err(|e| nar_error(info, &e.describe()))?;
@@ -688,7 +699,7 @@ fn collect(
                     let put = target.put(&key, "application/x-nix-nar");
                     let length = body.len as u64;
                     let pending = http::start_body(put, &mut body.reader(), length)
-                        .map_err(|e| unreachable(target, &e.to_string()))?;
+                        .map_err(|e| unreachable(target, &e))?;
                     // Revisited next: waited for when over `keep`.
                     in_flight.insert(i, InFlight::Putting { key, pending });
                 }
