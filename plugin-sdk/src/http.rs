@@ -88,8 +88,11 @@ pub enum HttpError {
     InvalidUrl(String),
     /// A header name or value was refused.
     InvalidHeader(String),
-    /// The host refused or failed the request (not granted, DNS, connect,
-    /// TLS, timeout…), with its error code.
+    /// The host refused the request: the plugin's grant does not name the
+    /// host. Retrying cannot help.
+    Denied(String),
+    /// The request failed on its way (DNS, connect, TLS, timeout, a broken
+    /// answer…), with its error code.
     Failed(String),
 }
 
@@ -98,7 +101,9 @@ impl fmt::Display for HttpError {
         match self {
             Self::InvalidUrl(url) => write!(f, "invalid URL `{url}`: expected http(s)://host/path"),
             Self::InvalidHeader(name) => write!(f, "invalid HTTP header `{name}`"),
-            Self::Failed(reason) => write!(f, "HTTP request failed: {reason}"),
+            Self::Denied(reason) | Self::Failed(reason) => {
+                write!(f, "HTTP request failed: {reason}")
+            }
         }
     }
 }
@@ -112,7 +117,10 @@ impl From<HttpError> for crate::PluginError {
 }
 
 fn failed(code: ErrorCode) -> HttpError {
-    HttpError::Failed(code.to_string())
+    match code {
+        ErrorCode::HttpRequestDenied => HttpError::Denied(code.to_string()),
+        _ => HttpError::Failed(code.to_string()),
+    }
 }
 
 fn io_failed(error: std::io::Error) -> HttpError {

@@ -921,6 +921,22 @@ async fn persist(args: &ServeBenchArgs) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // 3. GET /api/v1/runs/{id} under load.
 
+/// Close `db` (from [`scratch_database`]) and start `kiln serve` over its
+/// data directory `data`, with a configuration that polls no forge.
+pub(super) async fn serve_database(
+    db: Database,
+    dir: &Path,
+    data: &Path,
+) -> Result<ServeProcess, String> {
+    if let Database::Sqlite(pool) = &db {
+        pool.close().await;
+    }
+    let config = dir.join("kiln.toml");
+    std::fs::write(&config, "[serve]\npoll_interval_secs = 0\n")
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    ServeProcess::start(dir, &config, data)
+}
+
 /// A temporary directory with a `data/` directory holding a new SQLite
 /// database, opened.
 pub(super) async fn scratch_database() -> Result<(tempfile::TempDir, PathBuf, Database), String> {
@@ -958,13 +974,7 @@ async fn api_load(args: &ServeBenchArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("finishing run {run}: {e}"))?;
     let (read, encode, as_json) = read_jobs_as_json(&db, run, n).await?;
-    if let Database::Sqlite(pool) = &db {
-        pool.close().await;
-    }
-    let config = tmp.path().join("kiln.toml");
-    std::fs::write(&config, "[serve]\npoll_interval_secs = 0\n")
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-    let serve = ServeProcess::start(tmp.path(), &config, &data)?;
+    let serve = serve_database(db, tmp.path(), &data).await?;
     let url = format!("http://{}/api/v1/runs/{run}", serve.addr);
 
     // One read first: the run must come back whole.

@@ -17,7 +17,7 @@ use std::time::Instant;
 use clap::Args;
 use kiln_engine::job::JobStatus;
 
-use super::bench_serve::{ServeProcess, job, running_run, scratch_database};
+use super::bench_serve::{job, running_run, scratch_database, serve_database};
 use crate::serve::db::Database;
 use crate::serve::pipeline::store::{self, JobWrite};
 
@@ -140,13 +140,7 @@ async fn bench(args: &UiBenchArgs) -> Result<(), String> {
     let n = args.jobs.max(1);
     let (tmp, data, db) = scratch_database().await?;
     let run = seed(&db, n).await?;
-    if let Database::Sqlite(pool) = &db {
-        pool.close().await;
-    }
-    let config = tmp.path().join("kiln.toml");
-    std::fs::write(&config, "[serve]\npoll_interval_secs = 0\n")
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-    let serve = ServeProcess::start(tmp.path(), &config, &data)?;
+    let serve = serve_database(db, tmp.path(), &data).await?;
     let page = format!("http://{}/runs/{run}", serve.addr);
     let api = format!("http://{}/api/v1/runs/{run}/jobs", serve.addr);
     let requests = args.requests.max(1);

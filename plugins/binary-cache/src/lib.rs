@@ -367,9 +367,7 @@ const UNREACHABLE_RETRY_SECS: u32 = 2;
 fn unreachable(target: &Target, error: &http::HttpError) -> PluginError {
     let message = format!("cannot reach the cache {}: {error}", target.name());
     match error {
-        http::HttpError::Failed(code) if !code.contains("Denied") => {
-            PluginError::retry_after(UNREACHABLE_RETRY_SECS, message)
-        }
+        http::HttpError::Failed(_) => PluginError::retry_after(UNREACHABLE_RETRY_SECS, message),
         _ => PluginError::failed(message),
     }
 }

@@ -18,7 +18,7 @@ use crate::serve::api::control::apply;
 use crate::serve::app::AppState;
 use crate::serve::db::{Database, with_pool};
 use crate::serve::pipeline::Control;
-use crate::serve::session::check_csrf;
+use crate::serve::session::{Session, check_csrf};
 
 /// A control form's fields.
 #[derive(Debug, Default, Deserialize)]
@@ -28,24 +28,28 @@ pub struct ControlForm {
     pub csrf: String,
 }
 
-/// `None` when the viewer may submit this form (signed in, with the
-/// session's CSRF token), else the refusal.
-fn gate(viewer: &Viewer, form: &ControlForm, what: &str) -> Option<Response> {
+/// The session allowed to submit this form (signed in, with the session's
+/// CSRF token), else the refusal.
+fn gate<'a>(
+    viewer: &'a Viewer,
+    form: &ControlForm,
+    what: &str,
+) -> Result<&'a Session, Box<Response>> {
     let Some(session) = &viewer.session else {
-        return Some(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             None,
             &format!("Sign in to {what}: control actions need a signed-in user."),
-        ));
+        )));
     };
     if !check_csrf(Some(session), &form.csrf) {
-        return Some(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             Some(session),
             "This form is stale or did not come from Kiln (its CSRF token does not match your session): reload the page and try again.",
-        ));
+        )));
     }
-    None
+    Ok(session)
 }
 
 /// `POST /runs/{id}/{action}`.
@@ -62,10 +66,10 @@ pub async fn run_action(
         "approve" => Control::Approve,
         _ => return viewer.not_found(&format!("no action {action}")),
     };
-    if let Some(refused) = gate(&viewer, &form, &format!("{action} this run")) {
-        return refused;
+    match gate(&viewer, &form, &format!("{action} this run")) {
+        Ok(session) => act(&state, &viewer, session, id, None, control).await,
+        Err(refused) => *refused,
     }
-    act(&state, &viewer, id, None, control).await
 }
 
 /// `POST /jobs/{id}/rebuild`.
@@ -76,9 +80,10 @@ pub async fn rebuild_job(
     Form(form): Form<ControlForm>,
 ) -> Response {
     let viewer = Viewer::of(&state, &headers).await;
-    if let Some(refused) = gate(&viewer, &form, "rebuild this job") {
-        return refused;
-    }
+    let session = match gate(&viewer, &form, "rebuild this job") {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
     let run: Result<Option<i64>, sqlx::Error> = with_pool!(&state.db, pool => {
         sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1")
             .bind(job)
@@ -86,7 +91,17 @@ pub async fn rebuild_job(
             .await
     });
     match run {
-        Ok(Some(run)) => act(&state, &viewer, run, Some(job), Control::RebuildJob(job)).await,
+        Ok(Some(run)) => {
+            act(
+                &state,
+                &viewer,
+                session,
+                run,
+                Some(job),
+                Control::RebuildJob(job),
+            )
+            .await
+        }
         Ok(None) => viewer.not_found(&format!("no job {job}")),
         Err(e) => viewer.error(crate::serve::api::ApiError::database("reading a job", e)),
     }
@@ -95,13 +110,11 @@ pub async fn rebuild_job(
 async fn act(
     state: &AppState,
     viewer: &Viewer,
+    session: &Session,
     run: i64,
     job: Option<i64>,
     control: Control,
 ) -> Response {
-    let Some(session) = &viewer.session else {
-        return viewer.not_found("no session");
-    };
     match apply(state, session.subject.clone(), run, job, control).await {
         Ok(_) => Redirect::to(&format!("/runs/{run}")).into_response(),
         Err(e) => viewer.error(e),

@@ -210,19 +210,10 @@ pub fn svg(nodes: &[Node<'_>], layout: &Layout) -> Markup {
     PreEscaped(s)
 }
 
-/// `text` safe inside an attribute or element.
+/// `text` safe inside an attribute or element (maud's escaping).
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    let _ = maud::Escaper::new(&mut out).write_str(text);
     out
 }
 

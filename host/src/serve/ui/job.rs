@@ -4,6 +4,7 @@
 //! so far and `kiln.js` follows the rest from `/jobs/{id}/log/stream`,
 //! starting at the byte offset the page stopped at, so no line shows twice.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -37,10 +38,11 @@ pub fn lines(text: &str, first: usize) -> Markup {
     for (i, line) in text.lines().enumerate() {
         let n = first + i;
         let class = if is_error(line) { "line error" } else { "line" };
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "<span class=\"{class}\" id=\"L{n}\"><a class=\"n\" href=\"#L{n}\" data-n=\"{n}\" aria-label=\"line {n}\"></a>"
-        ));
-        s.push_str(&maud::html! { (line) }.into_string());
+        );
+        let _ = maud::Escaper::new(&mut s).write_str(line);
         s.push_str("</span>");
     }
     PreEscaped(s)
